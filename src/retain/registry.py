@@ -78,6 +78,7 @@ def _import_builtins() -> None:
     if _loaded:
         return
     _loaded = True
-    import retain.backbones  # noqa: F401
-    import retain.data  # noqa: F401
-    import retain.methods  # noqa: F401
+    from retain.registry_imports import import_submodules
+
+    for package in ("retain.data", "retain.backbones", "retain.methods"):
+        import_submodules(package)

@@ -1,8 +1,11 @@
-"""Backbones: the embedded EfficientNet-Lite0, any timm model, and (later) the PETL ViT."""
+"""Backbones: the embedded EfficientNet-Lite0, any timm model, and the PETL ViT.
+
+Every module under this package is imported on first registry look-up, so a new
+backbone is one new file with ``@register_backbone("name")``.
+"""
 
 from __future__ import annotations
 
-from retain.backbones import efficientnet  # noqa: F401  (registers built-ins)
 from retain.backbones.base import Backbone, BackboneError
 from retain.config import BackboneConfig
 from retain.registry import BACKBONES
