@@ -57,6 +57,7 @@ class Session:
         device = resolve_device(cfg.device)
         source = load_source(cfg.data)
         stream = build_stream(cfg.scenario, source)
+        seed_everything(cfg.seed)  # randomly initialised backbones (mlp, pretrained=false) follow the run seed
         backbone = build_backbone(cfg.backbone).to(device).eval()
         backbone.requires_grad_(False)
         cache_dir = cfg.cache.dir if cfg.cache.enabled else None
