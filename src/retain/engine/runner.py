@@ -121,7 +121,8 @@ def build_learner(session: Session, method: str) -> Learner:
     seed_everything(session.cfg.seed)
     backbone = session.backbone
     if not cls.frozen_backbone or getattr(params, "train_backbone", False):
-        backbone = copy.deepcopy(session.backbone)  # the shared one stays pre-trained
+        # the shared one stays pre-trained (and frozen); the private copy is trainable
+        backbone = copy.deepcopy(session.backbone).requires_grad_(True)
     ctx = LearnerContext(
         backbone=backbone,
         features=session.features,
