@@ -15,6 +15,10 @@ def build_backbone(cfg: BackboneConfig) -> Backbone:
     """A registered backbone by name, else a timm model of that name."""
     if cfg.name in BACKBONES:
         return BACKBONES.get(cfg.name)(cfg)
+    from retain.backbones.vit import ViTBackbone, is_timm_vit
+
+    if is_timm_vit(cfg.name):  # timm ViTs get the PETL wrapper (same features, modules attachable)
+        return ViTBackbone(cfg)
     from retain.backbones.timm_backbone import TimmBackbone
 
     return TimmBackbone(cfg)
