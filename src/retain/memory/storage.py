@@ -62,12 +62,17 @@ class Storage:
 
     # ------------------------------------------------------------------ reading
 
-    def sample(self, n: int, generator: torch.Generator) -> Batch:
-        """``min(n, len)`` rows drawn uniformly without replacement."""
-        size = len(self)
-        if size == 0 or n <= 0:
+    def sample(self, n: int, generator: torch.Generator, tasks_before: int | None = None) -> Batch:
+        """``min(n, len)`` rows drawn uniformly without replacement; with ``tasks_before``,
+        only among the rows of tasks ``< tasks_before``."""
+        if not self.fields or n <= 0:
             return {}
-        idx = torch.randperm(size, generator=generator)[: min(n, size)]
+        pool = torch.arange(len(self))
+        if tasks_before is not None:
+            pool = pool[self.fields["task"] < tasks_before]
+        if len(pool) == 0:
+            return {}
+        idx = pool[torch.randperm(len(pool), generator=generator)[: min(n, len(pool))]]
         return {k: v[idx] for k, v in self.fields.items()}
 
     def rows_of_task(self, task: int) -> Batch:

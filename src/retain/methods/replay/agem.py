@@ -1,0 +1,59 @@
+"""A-GEM: Averaged GEM (Chaudhry, Ranzato, Rohrbach and Elhoseiny, ICLR 2019).
+
+GEM's ``t - 1`` constraints become one (eq. 10): the average loss over the episodic
+memory must not increase, ``<g, g_ref> >= 0``, with ``g_ref`` the gradient on a batch
+drawn at random from the memories of all past tasks. When violated, the update is the
+closed-form projection of eq. 11, ``g~ = g - (<g, g_ref> / <g_ref, g_ref>) g_ref``
+(:func:`retain.methods.replay.grads.agem_project`).
+
+Choices: the memory is GEM's ring buffer per task (the paper fills an episodic memory
+per task; 256 per task here, as GEM); ``replay_batch_size`` is the reference batch
+(256 in the paper); only tasks before the current one are sampled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from retain.config import doc
+from retain.methods.replay.base import MemoryLearner, MemoryParams
+from retain.methods.replay.grads import agem_project, assign_flat_grad, flat_grad
+from retain.registry import register_method
+
+
+@dataclass
+class AGEMParams(MemoryParams):
+    memory_size: int = doc("exemplar budget, read with memory_budget", default=256)
+    memory_budget: Literal["total", "per_class", "per_task"] = doc(
+        "memory_size is the total, or per class seen, or per task seen", default="per_task"
+    )
+    memory_strategy: Literal["reservoir", "ring", "herding"] = doc(
+        "exemplar selection: reservoir sampling, a ring buffer per task (GEM), class-balanced herding (iCaRL)",
+        default="ring",
+    )
+    replay_batch_size: int = doc("memory samples replayed per step; 0 = batch_size", default=256)
+
+
+@register_method("agem")
+class AGEM(MemoryLearner):
+    """Averaged GEM: one projection against the gradient of a random memory batch."""
+
+    Params = AGEMParams
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> None:
+        params = self.trainable()
+        m = self.replay(tasks_before=int(t[0]))
+        g_ref = None
+        if m:
+            self.opt.zero_grad(set_to_none=True)
+            F.cross_entropy(self.train_logits(self.net(m["x"]), m["task"]), m["y"]).backward()
+            g_ref = flat_grad(params)
+        self.opt.zero_grad(set_to_none=True)
+        F.cross_entropy(self.train_logits(self.net(x), t), y).backward()
+        if g_ref is not None:
+            assign_flat_grad(params, agem_project(flat_grad(params), g_ref))
+        self.opt.step()

@@ -1,0 +1,66 @@
+"""GEM: Gradient Episodic Memory (Lopez-Paz and Ranzato, NeurIPS 2017).
+
+Each past task ``k`` keeps an episodic memory ``M_k`` (a ring buffer of its last
+``memory_size`` samples: ``memory_budget: per_task``, 256 on MNIST in the paper). At
+every step, with ``g`` the gradient of the current batch's loss and ``g_k`` the
+gradient of the loss on ``M_k`` (eq. 6-7: the constraint ``<g, g_k> >= 0`` for all
+``k < t``), a violated constraint triggers the projection of eq. 10-11: the dual QP
+solved in :func:`retain.methods.replay.grads.gem_project` (margin 0.5 and ``eps = 1e-3``
+as in the official code). The projected gradient is then applied by the optimiser.
+
+Choices: the memory of the current task is filled while it is trained and never
+constrains it (as the official code); past-task losses use the same logits as training
+(all seen classes; the task's own classes in task-incremental streams); all trainable
+parameters (backbone included when trained) enter ``g``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from retain.config import doc
+from retain.methods.replay.base import MemoryLearner, MemoryParams
+from retain.methods.replay.grads import assign_flat_grad, flat_grad, gem_project
+from retain.registry import register_method
+
+
+@dataclass
+class GEMParams(MemoryParams):
+    memory_size: int = doc("exemplar budget, read with memory_budget", default=256)
+    memory_budget: Literal["total", "per_class", "per_task"] = doc(
+        "memory_size is the total, or per class seen, or per task seen", default="per_task"
+    )
+    memory_strategy: Literal["reservoir", "ring", "herding"] = doc(
+        "exemplar selection: reservoir sampling, a ring buffer per task (GEM), class-balanced herding (iCaRL)",
+        default="ring",
+    )
+    margin: float = doc("GEM: lower bound of the dual variables (the official code's memory_strength)", default=0.5)
+
+
+@register_method("gem")
+class GEM(MemoryLearner):
+    """Gradient Episodic Memory: QP projection of the gradient against past tasks' gradients."""
+
+    Params = GEMParams
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> None:
+        params = self.trainable()
+        current = int(t[0])
+        past = []
+        for k in self.memory.tasks():
+            if k >= current:
+                continue
+            rows = {key: v.to(self.device) for key, v in self.memory.rows_of_task(k).items()}
+            self.opt.zero_grad(set_to_none=True)
+            F.cross_entropy(self.train_logits(self.net(rows["x"]), rows["task"]), rows["y"]).backward()
+            past.append(flat_grad(params))
+        self.opt.zero_grad(set_to_none=True)
+        F.cross_entropy(self.train_logits(self.net(x), t), y).backward()
+        if past:
+            g = gem_project(flat_grad(params), torch.stack(past), margin=self.params.margin)
+            assign_flat_grad(params, g)
+        self.opt.step()
