@@ -48,7 +48,7 @@ def check_finite(loss: torch.Tensor, method: str) -> None:
     """Stop a diverged run with a message instead of training on NaNs."""
     if not bool(torch.isfinite(loss)):
         raise FloatingPointError(
-            f"{method}: the training loss became {float(loss)}; the run diverged. Lower "
+            f"{method}: the training loss became {float(loss.detach())}; the run diverged. Lower "
             f"methods.{method}.lr (or the method's loss weights, e.g. ewc_lambda) and run again"
         )
 

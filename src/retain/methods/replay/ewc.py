@@ -32,7 +32,7 @@ from retain.registry import register_method
 
 @dataclass
 class EWCParams(NetParams):
-    ewc_lambda: float = doc("EWC: weight of the quadratic penalty (lambda)", default=100.0)
+    ewc_lambda: float = doc("EWC: weight of the quadratic penalty (lambda)", default=10.0)
     fisher_samples: int = doc("training samples used to estimate the Fisher (0 = all)", default=1000)
 
 

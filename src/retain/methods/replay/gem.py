@@ -5,7 +5,7 @@ Each past task ``k`` keeps an episodic memory ``M_k`` (a ring buffer of its last
 every step, with ``g`` the gradient of the current batch's loss and ``g_k`` the
 gradient of the loss on ``M_k`` (eq. 6-7: the constraint ``<g, g_k> >= 0`` for all
 ``k < t``), a violated constraint triggers the projection of eq. 10-11: the dual QP
-solved in :func:`retain.methods.replay.grads.gem_project` (margin 0.5 and ``eps = 1e-3``
+solved in :func:`retain.methods.replay.grads.gem_project` (margin 0.5
 as in the official code). The projected gradient is then applied by the optimiser.
 
 Choices: the memory of the current task is filled while it is trained and never

@@ -6,13 +6,16 @@ dual quadratic program
 
     min_v  1/2 v^T G G^T v + g^T G^T v   subject to  v >= margin
 
-and use ``g~ = G^T v + g``. As in the official code, ``G G^T`` gets ``eps * I`` added for
-stability and the constraint is ``v >= margin`` with margin 0.5 (the paper writes
-``v >= 0``; the margin pushes the update to actually reduce past losses). By the
-optimality conditions ``G g~ = lambda >= 0``: the projected gradient never increases
-any past task's loss to first order. The QP has one variable per past task; it is
-solved exactly as a non-negative least-squares problem (``v = margin + u, u >= 0``,
-``G G^T + eps I = L L^T``; Lawson-Hanson NNLS from scipy).
+and use ``g~ = G^T v + g``. As in the official code the constraint is ``v >= margin``
+with margin 0.5 (the paper writes ``v >= 0``; the margin pushes the update to actually
+reduce past losses). The QP has one variable per past task and equals
+``min_v 1/2 |G^T v + g|^2`` over ``v >= margin``; it is solved exactly as a non-negative
+least-squares problem in ``u = v - margin`` (Lawson-Hanson NNLS from scipy), which needs
+no positive-definite ``G G^T``. By the optimality conditions ``G g~ = lambda >= 0``: the
+projected gradient never increases any past task's loss to first order. Choice: the
+official code adds ``1e-3 * I`` to ``G G^T`` because its QP solver needs a strictly
+positive-definite matrix; that ridge lets ``<g~, g_k>`` dip to ``-1e-3 v_k``, so it is
+off here by default (``eps``).
 
 A-GEM (Chaudhry et al. 2019, eq. 11): with ``g_ref`` the gradient on a random memory
 batch, when ``<g, g_ref> < 0`` use ``g~ = g - (<g, g_ref> / <g_ref, g_ref>) g_ref``.
@@ -23,7 +26,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-import scipy.linalg
 import scipy.optimize
 import torch
 from torch import nn
@@ -45,21 +47,20 @@ def assign_flat_grad(params: Iterable[nn.Parameter], vector: torch.Tensor) -> No
         offset += n
 
 
-def gem_project(g: torch.Tensor, memories: torch.Tensor, margin: float = 0.5, eps: float = 1e-3) -> torch.Tensor:
+def gem_project(g: torch.Tensor, memories: torch.Tensor, margin: float = 0.5, eps: float = 0.0) -> torch.Tensor:
     """GEM's projected gradient; ``g`` unchanged when no ``<g, g_k>`` is negative."""
     if memories.numel() == 0 or bool((memories @ g >= 0).all()):
         return g
     G = memories.double().cpu().numpy()
     gv = g.double().cpu().numpy()
     t = G.shape[0]
-    P = G @ G.T
-    P = 0.5 * (P + P.T) + eps * np.eye(t)
-    q = G @ gv
-    # min 1/2 v'Pv + q'v, v >= margin;  v = margin + u:  min 1/2 u'Pu + (P m + q)'u, u >= 0
-    c = P @ np.full(t, margin) + q
-    L = scipy.linalg.cholesky(P, lower=True)
-    d = -scipy.linalg.solve_triangular(L, c, lower=True)
-    u, _ = scipy.optimize.nnls(L.T, d)
+    # dual QP = min_v 1/2 |G^T v + g|^2 (+ eps/2 |v|^2), v >= margin; v = margin + u, u >= 0
+    A = G.T
+    b = -(gv + G.T @ np.full(t, margin))
+    if eps > 0:
+        A = np.vstack([A, np.sqrt(eps) * np.eye(t)])
+        b = np.concatenate([b, -np.sqrt(eps) * np.full(t, margin)])
+    u, _ = scipy.optimize.nnls(A, b, maxiter=50 * t)
     v = margin + u
     return torch.as_tensor(G.T @ v + gv, dtype=g.dtype, device=g.device)
 
