@@ -9,9 +9,10 @@ dual quadratic program
 and use ``g~ = G^T v + g``. As in the official code the constraint is ``v >= margin``
 with margin 0.5 (the paper writes ``v >= 0``; the margin pushes the update to actually
 reduce past losses). The QP has one variable per past task and equals
-``min_v 1/2 |G^T v + g|^2`` over ``v >= margin``; it is solved exactly as a non-negative
-least-squares problem in ``u = v - margin`` (Lawson-Hanson NNLS from scipy), which needs
-no positive-definite ``G G^T``. By the optimality conditions ``G g~ = lambda >= 0``: the
+``min_v 1/2 |G^T v + g|^2`` over ``v >= margin``; it is solved exactly as a ``t x t``
+non-negative least-squares problem in ``u = v - margin`` (``G G^T = A^T A`` by an
+eigendecomposition; Lawson-Hanson NNLS from scipy), which needs no positive-definite
+``G G^T``. By the optimality conditions ``G g~ = lambda >= 0``: the
 projected gradient never increases any past task's loss to first order. Choice: the
 official code adds ``1e-3 * I`` to ``G G^T`` because its QP solver needs a strictly
 positive-definite matrix; that ridge lets ``<g~, g_k>`` dip to ``-1e-3 v_k``, so it is
@@ -54,13 +55,16 @@ def gem_project(g: torch.Tensor, memories: torch.Tensor, margin: float = 0.5, ep
     G = memories.double().cpu().numpy()
     gv = g.double().cpu().numpy()
     t = G.shape[0]
-    # dual QP = min_v 1/2 |G^T v + g|^2 (+ eps/2 |v|^2), v >= margin; v = margin + u, u >= 0
-    A = G.T
-    b = -(gv + G.T @ np.full(t, margin))
-    if eps > 0:
-        A = np.vstack([A, np.sqrt(eps) * np.eye(t)])
-        b = np.concatenate([b, -np.sqrt(eps) * np.full(t, margin)])
-    u, _ = scipy.optimize.nnls(A, b, maxiter=50 * t)
+    # dual: min_v 1/2 v'Pv + q'v, v >= margin, P = G G' (+ eps I), q = G g.
+    # v = margin + u:  min_u 1/2 u'Pu + c'u, u >= 0, c = P m + q (c lies in the range of P).
+    P = G @ G.T + eps * np.eye(t)
+    c = P @ np.full(t, margin) + G @ gv
+    # P = A'A with A = sqrt(w) V' (t x t): 1/2 u'Pu + c'u = 1/2 |A u - d|^2 + const, A'd = -c
+    w, V = np.linalg.eigh(0.5 * (P + P.T))
+    keep = w > 1e-12 * max(float(w.max()), 1e-300)
+    A = np.sqrt(w[keep])[:, None] * V[:, keep].T
+    d = -(V[:, keep].T @ c) / np.sqrt(w[keep])
+    u, _ = scipy.optimize.nnls(A, d, maxiter=50 * t)
     v = margin + u
     return torch.as_tensor(G.T @ v + gv, dtype=g.dtype, device=g.device)
 
