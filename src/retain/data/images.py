@@ -206,6 +206,12 @@ class InputsOnly(Dataset):
     def __init__(self, split: TaskSplit) -> None:
         self.base, self.indices, self.shift = split.base, split.indices, split.shift
 
+    def subset(self, positions: Sequence[int]) -> InputsOnly:
+        """The samples at ``positions`` (in that order), still without labels."""
+        out = InputsOnly.__new__(InputsOnly)
+        out.base, out.indices, out.shift = self.base, self.indices[np.asarray(positions)], self.shift
+        return out
+
     def __len__(self) -> int:
         return len(self.indices)
 

@@ -88,8 +88,8 @@ class Timer:
 
 def config_hash(cfg: ExperimentConfig, method: str) -> str:
     tree = to_dict(cfg)
-    tree.pop("quiet", None)
-    tree.pop("method", None)
+    for key in ("quiet", "method", "cache", "output_dir", "eval"):  # do not change the numbers
+        tree.pop(key, None)
     tree["methods"] = {method: tree["methods"].get(method, {})}
     return hashlib.sha256(json.dumps([tree, method], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -155,7 +155,7 @@ def run_method(session: Session, method: str, resume: bool = True, progress: boo
 
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
-        if ckpt["config_hash"] != chash:
+        if ckpt["config_hash"] != chash and not ckpt["complete"]:
             raise RunError(
                 f"{ckpt_path} belongs to a different config; pass --fresh to start over, or set "
                 f"name=... to run this config under another name"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,12 +35,22 @@ class SGDParams:
     lr: float = doc("SGD learning rate", default=0.05)
     momentum: float = doc("SGD momentum", default=0.9)
     weight_decay: float = doc("SGD weight decay", default=0.0)
+    lr_schedule: Literal["cosine", "constant"] = doc(
+        "learning-rate schedule within each task: cosine annealing to 0, or constant", default="cosine"
+    )
 
 
 @dataclass
 class LinearParams(SGDParams):
     train_backbone: bool = doc("train the backbone end to end instead of reading cached features", default=False)
     backbone_lr: float = doc("learning rate of the backbone when train_backbone is true", default=0.001)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, p: SGDParams) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch schedule named by ``p.lr_schedule``."""
+    if p.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(p.epochs, 1))
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
 class LinearHeadLearner(Learner):
@@ -69,6 +80,7 @@ class LinearHeadLearner(Learner):
         else:
             inputs, labels = self.features_and_labels(split)
         opt = torch.optim.SGD(groups, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+        sched = make_scheduler(opt, p)
         n = len(labels)
         for _ in self.progress(range(p.epochs), desc):
             order = torch.randperm(n, generator=self.generator)
@@ -83,6 +95,7 @@ class LinearHeadLearner(Learner):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+            sched.step()
 
     def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features)[:, : self.seen_classes]
