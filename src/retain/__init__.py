@@ -1,3 +1,20 @@
-"""retain: continual learning with pre-trained models."""
+"""retain: continual learning with pre-trained models.
+
+``from retain import ContinualModel`` for the Python API (learn / predict / save / load);
+the ``retain`` command for experiments.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["ContinualModel", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ContinualModel":  # imported lazily: `import retain` stays light
+        from retain.api import ContinualModel
+
+        return ContinualModel
+    raise AttributeError(f"module 'retain' has no attribute {name!r}")

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from retain.backbones.base import Backbone
 from retain.data.images import ImageSet, InputsOnly, SplitUnion, TaskSplit
-from retain.data.shifts import DomainShift
+from retain.data.shifts import DomainShift, Identity
 from retain.engine.files import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,10 @@ class FeatureStore:
                 self._save(key, feats, images, shift)
         self._memory[key] = feats
         return feats
+
+    def forget(self, images: ImageSet, shift: DomainShift | None = None) -> None:
+        """Drop the in-memory features of ``images`` (one-off data such as queries)."""
+        self._memory.pop(self.key(images, shift or Identity()), None)
 
     # ------------------------------------------------------------------ disk entries
 
