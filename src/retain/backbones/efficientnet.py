@@ -58,8 +58,15 @@ class EfficientNetLite0(Backbone):
         if not cfg.pretrained:
             return
         if cfg.checkpoint:
-            state, self.weights_id = load_state_dict_file(cfg.checkpoint), file_digest(cfg.checkpoint)
-            self.net.load_state_dict(state, strict=False)
+            state, self.weights_id = load_state_dict_file(cfg.checkpoint), "file:" + file_digest(cfg.checkpoint)
+            missing, _ = self.net.load_state_dict(
+                {k: v for k, v in state.items() if not k.startswith("classifier.")}, strict=False
+            )
+            if missing:
+                raise BackboneError(
+                    f"{cfg.checkpoint!r} lacks {len(missing)} tensors of tf_efficientnet_lite0 "
+                    f"(e.g. {', '.join(missing[:3])}); is it a checkpoint of this architecture?"
+                )
         else:
             path = packaged_weights_path()
             raw = torch.load(path, map_location="cpu", weights_only=True)
