@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     cfg = sub.add_parser("config", help="every config key with type, default and documentation")
     cfg.set_defaults(func=cmd_config)
+
+    from retain.anomaly.cli import add_subparsers as add_anomaly
+
+    add_anomaly(sub)  # retain anomaly, retain anomaly-score
     return parser
 
 
