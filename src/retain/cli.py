@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -138,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(["run", *(argv or [])])
     try:
         return args.func(args)
+    except BrokenPipeError:  # `retain config | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep Python quiet at exit
+        return 0
     except (ConfigError, KeyError, FileNotFoundError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"retain: error: {msg}", file=sys.stderr)

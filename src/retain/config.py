@@ -122,7 +122,8 @@ def _type_name(tp: Any) -> str:
     if tp is type(None):
         return "null"
     if origin is not None:
-        return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+        inner = ", ".join(_type_name(a) for a in typing.get_args(tp))
+        return f"{origin.__name__}[{inner}]" if inner else origin.__name__
     return getattr(tp, "__name__", str(tp))
 
 
