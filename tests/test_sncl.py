@@ -48,6 +48,7 @@ def train_toy(sparsity: float) -> tuple[torch.Tensor, float]:
     return energy, float((logits.argmax(1) == y).float().mean())
 
 
+@pytest.mark.slow
 def test_sparsity_term_drives_activations_to_zero_on_a_toy_problem():
     dense, acc_dense = train_toy(0.0)
     sparse, acc_sparse = train_toy(0.5)
