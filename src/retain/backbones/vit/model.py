@@ -120,7 +120,7 @@ class PETLViT(nn.Module):
 
     def _claim(self, kind: str, spec: dict[str, Any]) -> None:
         if kind in self.petl:
-            raise ValueError(f"a {kind} module is already attached; attach each kind once")
+            raise ValueError(f"a {kind!r} module is already attached; attach each kind once")
         self.specs[kind] = spec
 
     # ------------------------------------------------------------------ attaching
