@@ -278,6 +278,7 @@ class PromptPoolLearner(Learner):
                     nn.utils.clip_grad_norm_(self.trainable_parameters(), p.clip_grad)
                 opt.step()
             sched.step()
+        opt.zero_grad(set_to_none=True)
         self.pool.eval()
         self.head.eval()
 
