@@ -69,6 +69,8 @@ def cmd_anomaly(args: argparse.Namespace) -> int:
 
 def run_anomaly(cfg: Any) -> dict[str, Any]:
     """Run the configured protocol; write and return the results."""
+    import torch
+
     from retain.anomaly.inputs import InputReader
     from retain.anomaly.protocols import run_classifier, run_one_class, run_stream
     from retain.engine.environment import (
@@ -80,6 +82,8 @@ def run_anomaly(cfg: Any) -> dict[str, Any]:
     from retain.engine.files import atomic_write_json
 
     start = time.perf_counter()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     out_dir = Path(cfg.output_dir) / cfg.run_name()

@@ -98,6 +98,10 @@ class AnomalyConfig:
     normal_classes: list[int] | None = doc("one_class: the classes taken as normal in turn (null: all)", default=None)
     seed: int = doc("seed of weights and batch order; recorded in results", default=1993)
     device: str = doc("cpu, cuda, cuda:N or auto", default="auto")
+    threads: int | None = doc(
+        "torch CPU threads (null: torch's default); 1 is much faster on a machine shared with other jobs",
+        default=None,
+    )
     output_dir: str = doc("folder for results and saved models", default="runs")
     name: str | None = doc("run name; default derived from protocol, input, data and seed", default=None)
     quiet: bool = doc("no progress bars", default=False)
@@ -114,6 +118,8 @@ class AnomalyConfig:
     def validate(self) -> None:
         if not self.models:
             raise ConfigError("models must name at least one of memae, ae, memae_nonsparse")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError("threads must be >= 1 (or null for torch's default)")
         if len(set(self.models)) != len(self.models):
             raise ConfigError(f"models lists a variant twice: {self.models}")
 
