@@ -99,6 +99,10 @@ class ExperimentConfig:
     output_dir: str = doc("folder for results, checkpoints and logs", default="runs")
     name: str | None = doc("run name; default derived from data, scenario and seed", default=None)
     quiet: bool = doc("no progress bars", default=False)
+    threads: int | None = doc(
+        "CPU threads for torch; null = torch's default (1 is faster when other jobs share the cores)",
+        default=None,
+    )
     data: DataConfig = doc("data source", default_factory=DataConfig)
     scenario: ScenarioConfig = doc("how the source becomes a stream of tasks", default_factory=ScenarioConfig)
     backbone: BackboneConfig = doc("pre-trained encoder", default_factory=BackboneConfig)

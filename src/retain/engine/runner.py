@@ -54,6 +54,8 @@ class Session:
     @classmethod
     def create(cls, cfg: ExperimentConfig) -> Session:
         start = time.perf_counter()
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
         device = resolve_device(cfg.device)
         source = load_source(cfg.data)
         stream = build_stream(cfg.scenario, source)
@@ -88,7 +90,7 @@ class Timer:
 
 def config_hash(cfg: ExperimentConfig, method: str) -> str:
     tree = to_dict(cfg)
-    for key in ("quiet", "method", "cache", "output_dir", "eval"):  # do not change the numbers
+    for key in ("quiet", "method", "cache", "output_dir", "eval", "threads"):  # do not change the numbers
         tree.pop(key, None)
     tree["methods"] = {method: tree["methods"].get(method, {})}
     return hashlib.sha256(json.dumps([tree, method], sort_keys=True, default=str).encode()).hexdigest()[:16]
