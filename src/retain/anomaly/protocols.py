@@ -35,7 +35,7 @@ from retain.anomaly.metrics import novelty_auc, roc_auc
 from retain.data import build_stream
 
 # The paper's MNIST results (Table 1): mean AUC over the ten one-class problems, full
-# MNIST (2/3 of each normal class for training, test sets with about 30% anomalies).
+# MNIST (thousands of training images per digit; test sets with about 30% anomalies).
 PAPER_MNIST_MEAN_AUC = {"ae": 0.9619, "memae_nonsparse": 0.9725, "memae": 0.9751}
 
 
