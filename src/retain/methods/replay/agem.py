@@ -14,27 +14,17 @@ per task; 256 per task here, as GEM); ``replay_batch_size`` is the reference bat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from retain.config import doc
-from retain.methods.replay.base import MemoryLearner, MemoryParams
-from retain.methods.replay.grads import agem_project, assign_flat_grad, flat_grad
+from retain.methods.replay.base import EpisodicMemoryParams, MemoryLearner
+from retain.methods.replay.grads import agem_project, assign_flat_grad
 from retain.registry import register_method
 
 
 @dataclass
-class AGEMParams(MemoryParams):
-    memory_size: int = doc("exemplar budget, read with memory_budget", default=256)
-    memory_budget: Literal["total", "per_class", "per_task"] = doc(
-        "memory_size is the total, or per class seen, or per task seen", default="per_task"
-    )
-    memory_strategy: Literal["reservoir", "ring", "herding"] = doc(
-        "exemplar selection: reservoir sampling, a ring buffer per task (GEM), class-balanced herding (iCaRL)",
-        default="ring",
-    )
+class AGEMParams(EpisodicMemoryParams):
     replay_batch_size: int = doc("memory samples replayed per step; 0 = batch_size", default=256)
 
 
@@ -45,15 +35,9 @@ class AGEM(MemoryLearner):
     Params = AGEMParams
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> None:
-        params = self.trainable()
         m = self.replay(tasks_before=int(t[0]))
-        g_ref = None
-        if m:
-            self.opt.zero_grad(set_to_none=True)
-            F.cross_entropy(self.train_logits(self.net(m["x"]), m["task"]), m["y"]).backward()
-            g_ref = flat_grad(params)
-        self.opt.zero_grad(set_to_none=True)
-        F.cross_entropy(self.train_logits(self.net(x), t), y).backward()
+        g_ref = self.loss_gradient(m["x"], m["y"], m["task"]) if m else None
+        g = self.loss_gradient(x, y, t)
         if g_ref is not None:
-            assign_flat_grad(params, agem_project(flat_grad(params), g_ref))
+            assign_flat_grad(self.trainable(), agem_project(g, g_ref))
         self.opt.step()

@@ -39,6 +39,7 @@ from retain.memory import (
 )
 from retain.methods.base import Learner, LearnerContext
 from retain.methods.linear import LinearParams
+from retain.methods.replay.grads import flat_grad
 from retain.methods.replay.network import ContinualNet
 
 NEG = -1e9  # logit of classes masked out in task-incremental training (finite: no NaN in KD)
@@ -79,6 +80,20 @@ class MemoryParams(NetParams):
     def validate(self) -> None:
         if self.memory_size < 0:
             raise ConfigError(f"memory_size must be >= 0, got {self.memory_size}")
+
+
+@dataclass
+class EpisodicMemoryParams(MemoryParams):
+    """GEM's episodic memory as the default: 256 samples per task, a ring buffer per task."""
+
+    memory_size: int = doc("exemplar budget, read with memory_budget", default=256)
+    memory_budget: Literal["total", "per_class", "per_task"] = doc(
+        "memory_size is the total, or per class seen, or per task seen", default="per_task"
+    )
+    memory_strategy: Literal["reservoir", "ring", "herding"] = doc(
+        "exemplar selection: reservoir sampling, a ring buffer per task (GEM), class-balanced herding (iCaRL)",
+        default="ring",
+    )
 
 
 class NetworkLearner(Learner):
@@ -166,6 +181,13 @@ class NetworkLearner(Learner):
         return [q for q in self.net.parameters() if q.requires_grad]
 
     # ------------------------------------------------------------------ logits
+
+    def loss_gradient(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Flat gradient of the cross-entropy on ``(x, y)`` over the trainable parameters;
+        leaves it in ``.grad`` too."""
+        self.opt.zero_grad(set_to_none=True)
+        F.cross_entropy(self.train_logits(self.net(x), t), y).backward()
+        return flat_grad(self.trainable())
 
     def train_logits(self, logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Logits of the classes seen so far; in task-incremental streams, of each sample's task."""

@@ -17,27 +17,17 @@ parameters (backbone included when trained) enter ``g``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from retain.config import doc
-from retain.methods.replay.base import MemoryLearner, MemoryParams
-from retain.methods.replay.grads import assign_flat_grad, flat_grad, gem_project
+from retain.methods.replay.base import EpisodicMemoryParams, MemoryLearner
+from retain.methods.replay.grads import assign_flat_grad, gem_project
 from retain.registry import register_method
 
 
 @dataclass
-class GEMParams(MemoryParams):
-    memory_size: int = doc("exemplar budget, read with memory_budget", default=256)
-    memory_budget: Literal["total", "per_class", "per_task"] = doc(
-        "memory_size is the total, or per class seen, or per task seen", default="per_task"
-    )
-    memory_strategy: Literal["reservoir", "ring", "herding"] = doc(
-        "exemplar selection: reservoir sampling, a ring buffer per task (GEM), class-balanced herding (iCaRL)",
-        default="ring",
-    )
+class GEMParams(EpisodicMemoryParams):
     margin: float = doc("GEM: lower bound of the dual variables (the official code's memory_strength)", default=0.5)
 
 
@@ -48,19 +38,14 @@ class GEM(MemoryLearner):
     Params = GEMParams
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> None:
-        params = self.trainable()
         current = int(t[0])
         past = []
         for k in self.memory.tasks():
             if k >= current:
                 continue
             rows = {key: v.to(self.device) for key, v in self.memory.rows_of_task(k).items()}
-            self.opt.zero_grad(set_to_none=True)
-            F.cross_entropy(self.train_logits(self.net(rows["x"]), rows["task"]), rows["y"]).backward()
-            past.append(flat_grad(params))
-        self.opt.zero_grad(set_to_none=True)
-        F.cross_entropy(self.train_logits(self.net(x), t), y).backward()
+            past.append(self.loss_gradient(rows["x"], rows["y"], rows["task"]))
+        g = self.loss_gradient(x, y, t)
         if past:
-            g = gem_project(flat_grad(params), torch.stack(past), margin=self.params.margin)
-            assign_flat_grad(params, g)
+            assign_flat_grad(self.trainable(), gem_project(g, torch.stack(past), margin=self.params.margin))
         self.opt.step()
