@@ -27,7 +27,14 @@ from retain.backbones.feature_cache import FeatureStore
 from retain.config import ExperimentConfig, method_params, to_dict
 from retain.data import Stream, Task, build_stream, load_source
 from retain.engine.checkpoint import load_checkpoint, save_checkpoint
-from retain.engine.environment import environment, peak_memory_mb, resolve_device, seed_everything
+from retain.engine.environment import (
+    environment,
+    peak_memory_mb,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from retain.engine.files import atomic_write_json
 from retain.evaluation.metrics import summarize
 from retain.methods.base import Learner, LearnerContext
@@ -171,6 +178,7 @@ def run_method(session: Session, method: str, resume: bool = True, progress: boo
             timer.totals = dict(ckpt["timings"])
             per_task = list(ckpt["per_task"])
             learner.restore_tasks(stream.tasks[:start_task])
+            set_rng_state(ckpt["rng"])
             log.info("resuming %s at task %d", method, start_task)
 
     def timed(phase: str, fn, *args) -> Any:
@@ -217,6 +225,7 @@ def run_method(session: Session, method: str, resume: bool = True, progress: boo
             "initial": initial,
             "timings": timer.totals,
             "per_task": per_task,
+            "rng": rng_state(),
         })
 
     sizes = [len(t.test) for t in stream.tasks]
