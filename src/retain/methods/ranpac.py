@@ -18,8 +18,8 @@ solves, :func:`choose_ridge` uses one eigendecomposition of the smaller of the f
 part's Gram matrix ``H^T H`` (M x M) and kernel ``H H^T`` (n x n): with
 ``H H^T = U diag(s) U^T``, ``(H^T H + l I)^-1 H^T Y = H^T U diag(1/(s+l)) U^T Y``.
 
-Phase 1 (PETL adaptation of a ViT on the first task) comes with the ViT backbone; on
-a CNN backbone phase 2 runs alone, as here.
+Phase 1 (PETL adaptation of a ViT on the first task) is ``ranpac_petl``
+(:mod:`retain.methods.ranpac_phase1`); here phase 2 runs alone, on any backbone.
 """
 
 from __future__ import annotations
