@@ -172,7 +172,7 @@ def load_adapted_state(backbone: Backbone, petl: str, state: dict[str, torch.Ten
 
 
 def adapted_feature_store(backbone: Backbone, ctx) -> FeatureStore:  # ctx: LearnerContext
-    """Features of the adapted ViT, in memory only (docs/readme_vit.md, "Feature cache")."""
+    """Features of the adapted ViT, in memory only (docs/vit_backbone.md, "Feature cache")."""
     return FeatureStore(backbone, ctx.device, None, ctx.eval_batch_size, ctx.quiet)
 
 

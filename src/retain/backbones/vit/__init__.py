@@ -7,7 +7,7 @@
   timm's hub, a local checkpoint, or the packaged ``vit_tiny_retain``.
 - ``modules.py``: the modules' math; ``attention.py``: a block run with key/value prefixes.
 
-Usage from a method (see docs/readme_vit.md)::
+Usage from a method (see docs/vit_backbone.md)::
 
     vit = backbone.vit                          # backbone: a ViTBackbone
     vit.add_adapter(bottleneck=64, scale=0.1)   # or add_lora / add_ssf / add_vpt / add_prefix
