@@ -46,16 +46,15 @@ and recorded here:
 - Adam with betas (0.9, 0.9), lr 0.01, constant schedule, gradient-norm clip 1.0,
   batch 128 (official base config).
 
-Implementation note: the shared ``PETLViT`` takes prompts computed *before* the
-forward; DAP's depend on each layer's input, so :func:`forward_generated` runs the
-timm blocks itself (the same sequence as ``PETLViT.forward_tokens``: patch embedding,
-positions, ``norm_pre``, blocks, final ``norm``, pre-logits of the [CLS] token).
+Implementation note: DAP's prompts depend on each layer's input, so they reach the
+shared ``PETLViT`` through its ``prompt_fn`` hook: at every layer it gets the tokens
+entering the layer without prompts, and the prompts it returns replace the previous
+layer's (None: no prompts at that layer).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -126,29 +125,6 @@ class DAPPrompter(nn.Module):
 
     def generate(self, layer: int, tokens: torch.Tensor, task_emb: torch.Tensor) -> torch.Tensor:
         return self.generators[str(layer)](tokens, task_emb)
-
-
-def forward_generated(
-    vit: Any, x: torch.Tensor, generate: Callable[[int, torch.Tensor], torch.Tensor | None]
-) -> torch.Tensor:
-    """[CLS] pre-logits of the ViT with prompts generated at each layer from its input.
-
-    ``generate(layer, tokens)`` gets the layer's input tokens (B x N x D, no prompts)
-    and returns B x L x D prompts (or None: no prompt at that layer). They are inserted
-    after the prefix tokens ([CLS], registers) and removed from the block's output.
-    """
-    net = vit.net
-    k = int(net.num_prefix_tokens)
-    h = net.norm_pre(net.patch_drop(net._pos_embed(net.patch_embed(x))))
-    for i, blk in enumerate(net.blocks):
-        prompts = generate(i, h)
-        if prompts is None:
-            h = blk(h)
-            continue
-        L = prompts.shape[1]
-        out = blk(torch.cat([h[:, :k], prompts.to(h.dtype), h[:, k:]], dim=1))
-        h = torch.cat([out[:, :k], out[:, k + L :]], dim=1)
-    return net.forward_head(net.norm(h), pre_logits=True)
 
 
 @dataclass
@@ -265,7 +241,7 @@ class DAP(PromptLearner):
         def generate(layer: int, tokens: torch.Tensor) -> torch.Tensor | None:
             return self.prompter.generate(layer, tokens, emb) if layer in layers else None
 
-        return forward_generated(self.backbone.vit, self.backbone.preprocess(images), generate)
+        return self.backbone.vit.forward_features(self.backbone.preprocess(images), prompt_fn=generate)
 
     def logits_from_images(self, images: torch.Tensor) -> torch.Tensor:
         tasks = self.estimate_tasks(self.query(images))

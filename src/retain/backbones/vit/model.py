@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +65,8 @@ SSF_ALL = (
 Prompts = torch.Tensor | Mapping[int, torch.Tensor]
 #: prefixes: ``{layer: (key, value)}``; key and value ``[B,] P x D``.
 Prefixes = Mapping[int, tuple[torch.Tensor, torch.Tensor]]
+#: prompt generator: ``(layer, tokens without prompts B x N x D) -> B x P x D`` or None.
+PromptGenerator = Callable[[int, torch.Tensor], torch.Tensor | None]
 
 
 @dataclass
@@ -252,6 +254,7 @@ class PETLViT(nn.Module):
         modules: bool = True,
         prompts: Prompts | None = None,
         prefixes: Prefixes | None = None,
+        prompt_fn: PromptGenerator | None = None,
     ) -> Tokens:
         """All output tokens for preprocessed images ``x`` (``B x 3 x H x W``).
 
@@ -262,9 +265,15 @@ class PETLViT(nn.Module):
         Prefixes (``{layer: (key, value)}``, each ``[B,] P x D``) are prepended to that
         layer's attention keys and values. Arguments override attached modules layer by
         layer; a leading batch dimension gives every sample its own prompts.
+
+        ``prompt_fn(layer, tokens)`` generates prompts from each layer's own input (DAP):
+        it gets the tokens entering the layer without any prompt tokens, and what it
+        returns replaces the previous layer's prompts (None: no prompts at that layer).
         """
-        if not modules and (prompts is not None or prefixes is not None):
+        if not modules and (prompts is not None or prefixes is not None or prompt_fn is not None):
             raise ValueError("modules=False runs the pre-trained ViT; pass no prompts or prefixes with it")
+        if prompt_fn is not None and prompts is not None:
+            raise ValueError("pass prompts or prompt_fn, not both")
         prompt_map = self._prompt_map(prompts) if modules else {}
         prefix_map = self._prefix_map(prefixes) if modules else {}
         net, was_on = self.net, self._modules_on
@@ -273,7 +282,9 @@ class PETLViT(nn.Module):
             h = net.norm_pre(net.patch_drop(net._pos_embed(net.patch_embed(x))))
             num_prompts = 0
             for i, blk in enumerate(net.blocks):
-                if i in prompt_map:
+                if prompt_fn is not None:
+                    h, num_prompts = self._generate_prompts(h, prompt_fn, num_prompts, i)
+                elif i in prompt_map:
                     h, num_prompts = self._put_prompts(h, prompt_map[i], num_prompts, i)
                 h = prefix_block(blk, h, *prefix_map[i]) if i in prefix_map else blk(h)
             h = net.norm(h)
@@ -288,9 +299,10 @@ class PETLViT(nn.Module):
         modules: bool = True,
         prompts: Prompts | None = None,
         prefixes: Prefixes | None = None,
+        prompt_fn: PromptGenerator | None = None,
     ) -> torch.Tensor:
         """The [CLS] feature (``B x D``, timm's pre-logits) of preprocessed images."""
-        tokens = self.forward_tokens(x, modules=modules, prompts=prompts, prefixes=prefixes)
+        tokens = self.forward_tokens(x, modules=modules, prompts=prompts, prefixes=prefixes, prompt_fn=prompt_fn)
         return self.net.forward_head(tokens.without_prompts(), pre_logits=True)
 
     def forward(self, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
@@ -324,6 +336,15 @@ class PETLViT(nn.Module):
             raise ValueError(f"{what}: layer {layer} is outside 0..{self.depth - 1}")
         if t.dim() not in (2, 3) or t.shape[-1] != self.dim:
             raise ValueError(f"{what} must be [B,] P x {self.dim}, got {tuple(t.shape)}")
+
+    def _generate_prompts(
+        self, h: torch.Tensor, prompt_fn: PromptGenerator, current: int, layer: int
+    ) -> tuple[torch.Tensor, int]:
+        """Drop the previous layer's prompts; insert what ``prompt_fn`` makes of the rest."""
+        k = int(self.net.num_prefix_tokens)
+        plain = torch.cat([h[:, :k], h[:, k + current :]], dim=1)
+        tokens = prompt_fn(layer, plain)
+        return (plain, 0) if tokens is None else self._put_prompts(plain, tokens, 0, layer)
 
     def _put_prompts(self, h: torch.Tensor, tokens: torch.Tensor, current: int, layer: int) -> tuple[torch.Tensor, int]:
         B, k = h.shape[0], int(self.net.num_prefix_tokens)
