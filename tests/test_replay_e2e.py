@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 import yaml
 
 from retain.cli import main
@@ -12,15 +11,6 @@ from retain.engine.checkpoint import load_checkpoint
 METHODS = ["er", "gem", "agem", "derpp", "sncl", "lwf", "ewc"]
 ONLINE = {"train_backbone": True, "epochs": 1, "batch_size": 10, "lr": 0.1, "backbone_lr": 0.1, "momentum": 0.0}
 MEMORY = {"memory_size": 40, "memory_budget": "per_task"}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: intra-op threads only add contention on shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def write_config(tmp_path, methods, **scenario):

@@ -10,15 +10,6 @@ from retain.methods.replay.network import ContinualNet
 from retain.methods.replay.sncl import sparsity_penalty
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: intra-op threads only add contention on shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_sparsity_penalty_value_by_hand():
     # neuron energies over the batch: (1 + 9) / 2 = 5 and 0; layer 2: (4 + 0) / 2 = 2
     h1 = torch.tensor([[1.0, 0.0], [3.0, 0.0]])
