@@ -23,7 +23,7 @@ without prompts (Sec. 4.1):
 Defaults (the paper / official ``configs/cifar-100_prompt.yaml``, ``experiments/cifar-100.sh``):
 ``M = 100`` components over ``N = 10`` tasks, ``L_p = 8``, layers 0-4, ``lambda = 0.1``
 (the ImageNet-R script uses 0.0); Adam, batch 128, lr 0.001, cosine schedule, 20 epochs
-(ImageNet-R: 50). The official release does not clip gradients (``clip_grad: null``).
+(ImageNet-R: 50). The official release does not clip gradients (``grad_clip: 0``).
 
 Choices where the paper is unclear:
 
@@ -62,7 +62,7 @@ class CODAPromptParams(PromptTrainParams):
     lr_schedule: Literal["cosine", "constant"] = doc(
         "learning-rate schedule within each task: cosine annealing to 0, or constant", default="cosine"
     )
-    clip_grad: float | None = doc("clip the gradient's global norm to this value; null: no clipping", default=None)
+    grad_clip: float = doc("clip the global gradient norm to this value; 0 = no clipping", default=0.0)
     pool_size: int = doc("M: prompt components in all (split evenly over num_tasks)", default=100)
     num_tasks: int = doc("N: tasks the components are split over (the stream's task count)", default=10)
     length: int = doc("L_p: prompt length (half key prefix, half value prefix)", default=8)

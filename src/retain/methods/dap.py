@@ -66,7 +66,7 @@ from retain.backbones.vit.modules import vpt_init_range
 from retain.config import ConfigError, doc
 from retain.data.scenarios import Task
 from retain.methods.base import LearnerContext
-from retain.methods.vpt import PromptLearner, PromptTrainParams
+from retain.methods.vpt import PromptLearner, PromptTuneParams
 from retain.registry import register_method
 
 
@@ -128,7 +128,7 @@ class DAPPrompter(nn.Module):
 
 
 @dataclass
-class DAPParams(PromptTrainParams):
+class DAPParams(PromptTuneParams):
     epochs: int = doc("passes over the training data per task", default=5)
     batch_size: int = doc("training batch size", default=128)
     lr: float = doc("learning rate", default=0.01)

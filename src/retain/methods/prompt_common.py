@@ -56,7 +56,7 @@ class PromptTrainParams:
     lr_schedule: Literal["cosine", "constant"] = doc(
         "learning-rate schedule within each task: cosine annealing to 0, or constant", default="constant"
     )
-    clip_grad: float | None = doc("clip the gradient's global norm to this value; null: no clipping", default=1.0)
+    grad_clip: float = doc("clip the global gradient norm to this value; 0 = no clipping", default=1.0)
     train_mask: bool = doc("cross-entropy over the current task's classes only (logits of other classes masked)", default=True)
 
     def validate(self) -> None:
@@ -64,6 +64,8 @@ class PromptTrainParams:
             raise ConfigError(f"epochs ({self.epochs}) and batch_size ({self.batch_size}) must be at least 1")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.grad_clip < 0:
+            raise ConfigError(f"grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip}")
 
 
 # ----------------------------------------------------------------------------- matching
@@ -158,8 +160,9 @@ def ortho_penalty(rows: torch.Tensor) -> torch.Tensor:
 
 
 def require_vit(backbone: Any, method: str) -> ViTBackbone:
+    """``backbone`` as a PETL ViT, or a config error that says which backbone to use."""
     if not isinstance(backbone, ViTBackbone):
-        raise TypeError(
+        raise ConfigError(
             f"{method} prompts a ViT; backbone {getattr(backbone, 'name', type(backbone).__name__)!r} is not one. "
             f"Use backbone.name=vit_tiny_retain backbone.image_size=32, or a timm ViT such as "
             f"vit_base_patch16_224.augreg_in21k with backbone.image_size=224"
@@ -270,12 +273,12 @@ class PromptPoolLearner(Learner):
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"{self.name}: the loss became {loss.item()} in task {task.index}; lower "
-                        f"methods.{self.name}.lr (now {p.lr}) or keep clip_grad on"
+                        f"methods.{self.name}.lr (now {p.lr}) or keep grad_clip on"
                     )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                if p.clip_grad is not None:
-                    nn.utils.clip_grad_norm_(self.trainable_parameters(), p.clip_grad)
+                if p.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(self.trainable_parameters(), p.grad_clip)
                 opt.step()
             sched.step()
         opt.zero_grad(set_to_none=True)

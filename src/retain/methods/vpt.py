@@ -45,11 +45,12 @@ from retain.data.images import SplitUnion, TaskSplit
 from retain.data.scenarios import Task
 from retain.methods.base import Learner, LearnerContext
 from retain.methods.linear import SGDParams, make_scheduler
+from retain.methods.prompt_common import require_vit
 from retain.registry import register_method
 
 
 @dataclass
-class PromptTrainParams(SGDParams):
+class PromptTuneParams(SGDParams):
     """SGD keys of ``finetune`` plus the optimiser choice and gradient clipping."""
 
     optimizer: Literal["sgd", "adam"] = doc(
@@ -67,7 +68,7 @@ class PromptTrainParams(SGDParams):
             raise ConfigError(f"grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip}")
 
 
-def make_optimizer(params: list[nn.Parameter], p: PromptTrainParams) -> torch.optim.Optimizer:
+def make_optimizer(params: list[nn.Parameter], p: PromptTuneParams) -> torch.optim.Optimizer:
     """The optimiser named by ``p.optimizer`` over ``params``."""
     if p.optimizer == "adam":
         return torch.optim.Adam(params, lr=p.lr, betas=(p.momentum, p.adam_beta2), weight_decay=p.weight_decay)
@@ -91,16 +92,9 @@ class PromptLearner(Learner):
 
     frozen_backbone = False
 
-    def __init__(self, params: PromptTrainParams, ctx: LearnerContext) -> None:
+    def __init__(self, params: PromptTuneParams, ctx: LearnerContext) -> None:
         super().__init__(params, ctx)
-        vit = getattr(ctx.backbone, "vit", None)
-        if vit is None or not hasattr(vit, "add_vpt"):
-            raise ConfigError(
-                f"{self.name} needs a ViT backbone with PETL hooks, got {type(ctx.backbone).__name__}; "
-                f"set backbone.name=vit_tiny_retain (with backbone.image_size=32) or a timm ViT such as "
-                f"vit_base_patch16_224.augreg_in21k (with backbone.image_size=224)"
-            )
-        self.backbone = ctx.backbone.to(self.device).eval()
+        self.backbone = require_vit(ctx.backbone, self.name).to(self.device).eval()
 
     def train_split(
         self,
@@ -128,7 +122,7 @@ class PromptLearner(Learner):
 
 
 @dataclass
-class VPTParams(PromptTrainParams):
+class VPTParams(PromptTuneParams):
     prompt_length: int = doc("prompt tokens per prompted layer", default=10)
     deep: bool = doc("deep VPT (new prompts at every layer) instead of shallow (layer 0 only)", default=True)
 
