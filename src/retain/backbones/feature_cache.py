@@ -11,6 +11,7 @@ written atomically, so a partial or corrupt entry fails the check and is rebuilt
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import time
@@ -105,7 +106,7 @@ class FeatureStore:
             raw = data_path.read_bytes()
             if hashlib.sha256(raw).hexdigest() != meta["sha256"]:
                 raise ValueError("checksum mismatch")
-            arr = np.load(data_path, allow_pickle=False)
+            arr = np.load(io.BytesIO(raw), allow_pickle=False)  # the bytes just checked, not a second read
             if list(arr.shape) != meta["shape"]:
                 raise ValueError(f"shape {arr.shape} != {meta['shape']}")
         except Exception as err:  # noqa: BLE001 - any damage means: rebuild
@@ -117,8 +118,6 @@ class FeatureStore:
         return torch.from_numpy(arr)
 
     def _save(self, key: str, feats: torch.Tensor, images: ImageSet, shift: DomainShift) -> None:
-        import io
-
         data_path, meta_path = self._paths(key)
         buf = io.BytesIO()
         np.save(buf, feats.numpy(), allow_pickle=False)
