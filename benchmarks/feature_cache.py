@@ -2,7 +2,7 @@
 
     python benchmarks/feature_cache.py [--set key=value ...]
 
-Both runs are separate `retain run` processes on the same config, with a fresh cache
+Both runs are separate `retaincl run` processes on the same config, with a fresh cache
 folder for the first. Prints wall time of each run, each method's phases (feature
 extraction, fit, evaluation) from its results files, and the ratios. The claim checked:
 the second run extracts no features and is faster than the first by at least the
@@ -22,7 +22,7 @@ from pathlib import Path
 
 def run_once(work: Path, tag: str, extra: list[str]) -> tuple[float, list[dict]]:
     out = work / tag
-    cmd = [sys.executable, "-m", "retain.cli", "run", "--quiet", "--fresh",
+    cmd = [sys.executable, "-m", "retaincl.cli", "run", "--quiet", "--fresh",
            "--set", f"cache.dir={work / 'cache'}", "--set", f"output_dir={out}"]
     for item in extra:
         cmd += ["--set", item]

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from retain.config import load_config
-from retain.engine.runner import Session, run_method
+from retaincl.config import load_config
+from retaincl.engine.runner import Session, run_method
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from retain.config import load_config
-from retain.engine.runner import Session, run_method
+from retaincl.config import load_config
+from retaincl.engine.runner import Session, run_method
 
 STREAMS = {
     "split": ("Split-MNIST (class-incremental, 5 tasks x 2 classes)", ["scenario.kind=class"]),

@@ -12,7 +12,7 @@ so the streams stay unseen. The held-out split is rendered from a different seed
 
 Training: supervised cross-entropy (label smoothing 0.1) with a linear head on the
 [CLS] feature, AdamW, linear warm-up then cosine decay, random +-2 px shifts. The
-backbone's own preprocessing (:class:`retain.backbones.base.Backbone`) normalises the
+backbone's own preprocessing (:class:`retaincl.backbones.base.Backbone`) normalises the
 inputs, so the saved weights see at run time exactly what they were trained on.
 Deterministic from ``--seed`` for a fixed ``--threads``.
 
@@ -39,8 +39,8 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from torch import nn
 from tqdm.auto import tqdm
 
-from retain.backbones.base import Backbone
-from retain.backbones.vit.tiny import (
+from retaincl.backbones.base import Backbone
+from retaincl.backbones.vit.tiny import (
     TINY_ARCH,
     TINY_MEAN,
     TINY_STD,
@@ -120,8 +120,8 @@ def digit_transfer(net: nn.Module, prep: Backbone) -> dict[str, dict[str, float]
     """Frozen-feature accuracy on the digit streams: NCM-cosine and a linear probe."""
     from sklearn.linear_model import LogisticRegression
 
-    from retain.config import DataConfig
-    from retain.data import load_source
+    from retaincl.config import DataConfig
+    from retaincl.data import load_source
 
     out = {}
     for name in ("mnist5k", "digits"):

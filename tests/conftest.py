@@ -5,10 +5,10 @@ import os
 import pytest
 import torch
 
-from retain.config import config_from_dict
+from retaincl.config import config_from_dict
 
 # Small tensors: one thread is as fast and does not thrash when other jobs share the cores.
-torch.set_num_threads(int(os.environ.get("RETAIN_TEST_THREADS", "1")))
+torch.set_num_threads(int(os.environ.get("RETAINCL_TEST_THREADS", "1")))
 
 
 def digits_config(tmp_path, cache_dir=None, **extra):

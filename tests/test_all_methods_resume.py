@@ -12,10 +12,10 @@ import dataclasses
 import pytest
 import torch
 
-from retain.engine.checkpoint import load_checkpoint, save_checkpoint
-from retain.engine.environment import rng_state, set_rng_state
-from retain.engine.runner import Session, build_learner
-from retain.registry import METHODS
+from retaincl.engine.checkpoint import load_checkpoint, save_checkpoint
+from retaincl.engine.environment import rng_state, set_rng_state
+from retaincl.engine.runner import Session, build_learner
+from retaincl.registry import METHODS
 
 FAST = {"epochs": 1, "ca_epochs": 1, "projection_dim": 200, "batch_size": 64}
 SMALL = {"codaprompt": {"pool_size": 20, "num_tasks": 5}}  # the tiny ViT's features are 96-d
@@ -28,7 +28,7 @@ def fast_params(name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
-    from retain.config import config_from_dict
+    from retaincl.config import config_from_dict
 
     tmp = tmp_path_factory.mktemp("all-methods")
     cfg = config_from_dict({

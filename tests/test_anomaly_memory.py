@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from retain.anomaly.memory import MemoryModule, addressing_entropy, hard_shrink_relu
-from retain.anomaly.model import conv_autoencoder, mlp_autoencoder
+from retaincl.anomaly.memory import MemoryModule, addressing_entropy, hard_shrink_relu
+from retaincl.anomaly.model import conv_autoencoder, mlp_autoencoder
 
 
 def _memory(n: int, dim: int, lam: float | None, seed: int = 0) -> MemoryModule:

@@ -7,10 +7,10 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from retain.anomaly.config import ModelConfig, TrainConfig, load_anomaly_config
-from retain.anomaly.detector import Detector, DetectorError, load_detector, variant_spec
-from retain.anomaly.metrics import novelty_auc, one_class_aucs, roc_auc
-from retain.config import ConfigError
+from retaincl.anomaly.config import ModelConfig, TrainConfig, load_anomaly_config
+from retaincl.anomaly.detector import Detector, DetectorError, load_detector, variant_spec
+from retaincl.anomaly.metrics import novelty_auc, one_class_aucs, roc_auc
+from retaincl.config import ConfigError
 
 
 def test_auc_by_hand():
@@ -93,8 +93,8 @@ def test_feature_detector_save_load_roundtrip(tmp_path):
 def test_tiny_end_to_end_run_and_scoring_files(tmp_path, capsys):
     from PIL import Image
 
-    from retain.anomaly.cli import run_anomaly
-    from retain.cli import main
+    from retaincl.anomaly.cli import run_anomaly
+    from retaincl.cli import main
 
     cfg = load_anomaly_config(None, [
         "data.source=digits", "normal_classes=[0,1]", "train.epochs=2", "quiet=true",
@@ -125,7 +125,7 @@ def test_tiny_end_to_end_run_and_scoring_files(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_tiny_stream_run(tmp_path):
-    from retain.anomaly.cli import run_anomaly
+    from retaincl.anomaly.cli import run_anomaly
 
     cfg = load_anomaly_config(None, [
         "protocol=stream", "data.source=digits", "train.epochs=1", "quiet=true", "model.memory_size=10",

@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from retain.backbones import build_backbone
-from retain.backbones.feature_cache import FeatureStore
-from retain.config import BackboneConfig, method_params
-from retain.data.images import ArrayImageSet, TaskSplit
-from retain.data.scenarios import Task
-from retain.methods.base import LearnerContext
-from retain.registry import METHODS
+from retaincl.backbones import build_backbone
+from retaincl.backbones.feature_cache import FeatureStore
+from retaincl.config import BackboneConfig, method_params
+from retaincl.data.images import ArrayImageSet, TaskSplit
+from retaincl.data.scenarios import Task
+from retaincl.methods.base import LearnerContext
+from retaincl.registry import METHODS
 
 
 def random_tasks(n_classes: int = 4, per_class: int = 6, step: int = 2, seed: int = 0) -> list[Task]:
@@ -123,7 +123,7 @@ def test_a_cnn_backbone_is_refused_with_a_clear_message():
 
 @pytest.mark.slow
 def test_aper_runs_through_the_runner_on_the_tiny_vit(make_digits_config):
-    from retain.engine.runner import Session, run_method
+    from retaincl.engine.runner import Session, run_method
 
     cfg = make_digits_config(
         method=["aper_adapter"], **{"methods.aper_adapter": {"epochs": 1, "batch_size": 32, "lr": 0.05}},

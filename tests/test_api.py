@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from retain import ContinualModel
+from retaincl import ContinualModel
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import time
 import pytest
 import torch
 
-from retain.backbones import BackboneError, build_backbone
-from retain.config import BackboneConfig
+from retaincl.backbones import BackboneError, build_backbone
+from retaincl.config import BackboneConfig
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def lite0():
 def test_packaged_lite0_weights_are_loaded(lite0):
     random = build_backbone(BackboneConfig(name="efficientnet_lite0", image_size=32, pretrained=False))
     packaged = torch.load(
-        __import__("retain.backbones.efficientnet", fromlist=["x"]).packaged_weights_path(),
+        __import__("retaincl.backbones.efficientnet", fromlist=["x"]).packaged_weights_path(),
         map_location="cpu", weights_only=True,
     )
     torch.testing.assert_close(lite0.net.conv_stem.weight, packaged["_conv_stem.weight"])

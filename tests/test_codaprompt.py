@@ -8,12 +8,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from retain.backbones.vit import ViTBackbone
-from retain.config import BackboneConfig, ConfigError, DataConfig, ScenarioConfig, method_params
-from retain.data import build_stream, load_source
-from retain.methods.base import LearnerContext
-from retain.methods.codaprompt import CODAPrompt, coda_weights
-from retain.methods.prompt_common import gram_schmidt_, ortho_penalty
+from retaincl.backbones.vit import ViTBackbone
+from retaincl.config import BackboneConfig, ConfigError, DataConfig, ScenarioConfig, method_params
+from retaincl.data import build_stream, load_source
+from retaincl.methods.base import LearnerContext
+from retaincl.methods.codaprompt import CODAPrompt, coda_weights
+from retaincl.methods.prompt_common import gram_schmidt_, ortho_penalty
 
 
 def make_coda(**params) -> CODAPrompt:

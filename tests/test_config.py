@@ -2,7 +2,7 @@
 
 import pytest
 
-from retain.config import ConfigError, config_from_dict, load_config
+from retaincl.config import ConfigError, config_from_dict, load_config
 
 
 def test_defaults_are_valid():

@@ -6,9 +6,9 @@ import pytest
 import torch
 from test_vpt import NUM_CLASSES, all_inputs, assert_per_sample, learn, make_ctx, make_tasks
 
-from retain.backbones import build_backbone
-from retain.config import BackboneConfig, method_params
-from retain.methods.dap import DAP, PromptGenerator
+from retaincl.backbones import build_backbone
+from retaincl.config import BackboneConfig, method_params
+from retaincl.methods.dap import DAP, PromptGenerator
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from retain.config import ConfigError, DataConfig, ScenarioConfig
-from retain.data import build_stream, load_source
-from retain.data.scenarios import resolve_class_order
-from retain.data.shifts import PixelPermutation, Rotation
+from retaincl.config import ConfigError, DataConfig, ScenarioConfig
+from retaincl.data import build_stream, load_source
+from retaincl.data.scenarios import resolve_class_order
+from retaincl.data.shifts import PixelPermutation, Rotation
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_image_folder_and_domain_folder(tmp_path):
 
 
 def test_missing_data_says_where_to_put_it(tmp_path):
-    from retain.data import DataSourceError
+    from retaincl.data import DataSourceError
 
     with pytest.raises(DataSourceError, match="cifar-100-python"):
         load_source(DataConfig(source="cifar100", root=str(tmp_path)))

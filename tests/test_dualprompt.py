@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from retain.backbones.vit import ViTBackbone
-from retain.config import BackboneConfig, ConfigError, method_params
-from retain.methods.base import LearnerContext
-from retain.methods.dualprompt import DualPrompt
+from retaincl.backbones.vit import ViTBackbone
+from retaincl.config import BackboneConfig, ConfigError, method_params
+from retaincl.methods.base import LearnerContext
+from retaincl.methods.dualprompt import DualPrompt
 
 
 def make_dualprompt(**params) -> DualPrompt:

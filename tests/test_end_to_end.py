@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from retain.cli import main
-from retain.engine.runner import Session, run_method
-from retain.evaluation.metrics import incremental_accuracies
+from retaincl.cli import main
+from retaincl.engine.runner import Session, run_method
+from retaincl.evaluation.metrics import incremental_accuracies
 
 
 def test_four_methods_fill_the_matrix_and_results(make_digits_config):
@@ -62,7 +62,7 @@ def test_resume_after_crash_gives_the_same_numbers(make_digits_config, monkeypat
     cfg = make_digits_config(method=method, name="resume")
     reference = run_method(Session.create(make_digits_config(method=method, name="ref")), method, progress=False)
 
-    from retain.registry import METHODS
+    from retaincl.registry import METHODS
 
     cls = METHODS.get(method)
     original_fit = cls.fit
@@ -100,7 +100,7 @@ def test_domain_incremental_measures_the_full_matrix(make_digits_config):
 def test_predictions_do_not_depend_on_the_batch(make_digits_config):
     import torch
 
-    from retain.engine.runner import build_learner
+    from retaincl.engine.runner import build_learner
 
     session = Session.create(make_digits_config())
     task = session.stream.tasks[0]
@@ -130,8 +130,8 @@ def test_cli_list_and_config_errors(capsys, tmp_path):
 
 
 def test_unsupported_scenario_is_refused_before_running(make_digits_config):
-    from retain.engine.runner import RunError, build_learner
-    from retain.registry import METHODS
+    from retaincl.engine.runner import RunError, build_learner
+    from retaincl.registry import METHODS
 
     cls = METHODS.get("simplecil")
     session = Session.create(make_digits_config(method="simplecil", **{"scenario.kind": "domain"}))

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from retain.backbones.vit import ViTBackbone
-from retain.config import BackboneConfig, method_params
-from retain.methods.base import LearnerContext
-from retain.methods.l2p import L2P
-from retain.methods.prompt_common import majority_indices, mask_to_classes, pull_loss, top_n_keys
+from retaincl.backbones.vit import ViTBackbone
+from retaincl.config import BackboneConfig, method_params
+from retaincl.methods.base import LearnerContext
+from retaincl.methods.l2p import L2P
+from retaincl.methods.prompt_common import majority_indices, mask_to_classes, pull_loss, top_n_keys
 
 
 def make_l2p(**params) -> L2P:

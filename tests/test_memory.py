@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from retain.memory import HerdingMemory, ReservoirMemory, TaskRingMemory, capacity, herding_select
+from retaincl.memory import HerdingMemory, ReservoirMemory, TaskRingMemory, capacity, herding_select
 
 
 def rows(values, task=0):

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from retain.evaluation.metrics import (
+from retaincl.evaluation.metrics import (
     backward_transfer,
     forgetting,
     forward_transfer,

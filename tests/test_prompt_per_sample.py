@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from retain.engine.runner import Session, build_learner
+from retaincl.engine.runner import Session, build_learner
 from tests.conftest import digits_config
 
 METHODS = {

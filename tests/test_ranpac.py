@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from retain.methods.ranpac import RIDGES, choose_ridge, ridge_solve
+from retaincl.methods.ranpac import RIDGES, choose_ridge, ridge_solve
 
 
 def test_ridge_solve_matches_numpy_closed_form():
@@ -51,7 +51,7 @@ def test_accumulated_gram_equals_joint_ridge():
     """Gram and class matrices summed over tasks give the ridge solution on all data at once."""
     from types import SimpleNamespace
 
-    from retain.methods.ranpac import RanPAC, RanPACParams
+    from retaincl.methods.ranpac import RanPAC, RanPACParams
 
     rng = np.random.default_rng(1)
     feats = torch.tensor(rng.normal(size=(60, 5)), dtype=torch.float32)

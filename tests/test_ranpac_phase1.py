@@ -67,7 +67,7 @@ def test_checkpoint_round_trip_and_resume_keep_the_adapted_module():
 
 @pytest.mark.slow
 def test_ranpac_petl_runs_through_the_runner_on_the_tiny_vit(make_digits_config):
-    from retain.engine.runner import Session, run_method
+    from retaincl.engine.runner import Session, run_method
 
     cfg = make_digits_config(
         method=["ranpac_petl"],

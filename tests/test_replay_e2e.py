@@ -1,12 +1,12 @@
-"""End to end through `retain run`: the replay family on scikit-learn's digits."""
+"""End to end through `retaincl run`: the replay family on scikit-learn's digits."""
 
 import json
 
 import pytest
 import yaml
 
-from retain.cli import main
-from retain.engine.checkpoint import load_checkpoint
+from retaincl.cli import main
+from retaincl.engine.checkpoint import load_checkpoint
 
 METHODS = ["er", "gem", "agem", "derpp", "sncl", "lwf", "ewc"]
 ONLINE = {"train_backbone": True, "epochs": 1, "batch_size": 10, "lr": 0.1, "backbone_lr": 0.1, "momentum": 0.0}
@@ -62,7 +62,7 @@ def test_er_is_reproducible_and_resumes_from_its_checkpoint(tmp_path, monkeypatc
 
     # crash during task 3: the checkpoint after task 2 holds the network and the memory;
     # the resumed run must end with exactly the numbers of the uninterrupted one
-    from retain.methods.replay.er import ER
+    from retaincl.methods.replay.er import ER
 
     fit = ER.fit
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from retain.methods.replay.grads import agem_project, assign_flat_grad, flat_grad, gem_project
+from retaincl.methods.replay.grads import agem_project, assign_flat_grad, flat_grad, gem_project
 
 
 def test_gem_projection_satisfies_every_constraint():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from retain.methods.slca import logit_normalize
+from retaincl.methods.slca import logit_normalize
 from tests.test_aper import learn, make_learner, random_tasks
 
 
@@ -102,7 +102,7 @@ def test_checkpoint_round_trip_gives_the_same_logits():
 
 @pytest.mark.slow
 def test_slca_runs_through_the_runner_on_the_tiny_vit(make_digits_config):
-    from retain.engine.runner import Session, run_method
+    from retaincl.engine.runner import Session, run_method
 
     cfg = make_digits_config(
         method=["slca"], **{"methods.slca": {"epochs": 1, "batch_size": 32, "milestones": [1], "ca_epochs": 2}},

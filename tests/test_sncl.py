@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from retain.methods.replay.network import ContinualNet
-from retain.methods.replay.sncl import sparsity_penalty
+from retaincl.methods.replay.network import ContinualNet
+from retaincl.methods.replay.sncl import sparsity_penalty
 
 
 def test_sparsity_penalty_value_by_hand():

@@ -8,11 +8,11 @@ import time
 import pytest
 import torch
 
-from retain.backbones import build_backbone
-from retain.backbones.base import BackboneError
-from retain.backbones.vit import ViTBackbone
-from retain.backbones.vit.tiny import TINY_ARCH, create_tiny_vit, tiny_weights_path
-from retain.config import BackboneConfig
+from retaincl.backbones import build_backbone
+from retaincl.backbones.base import BackboneError
+from retaincl.backbones.vit import ViTBackbone
+from retaincl.backbones.vit.tiny import TINY_ARCH, create_tiny_vit, tiny_weights_path
+from retaincl.config import BackboneConfig
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +89,8 @@ def test_cache_identity_follows_modules_and_tuned_weights(tiny):
 
 @pytest.mark.slow
 def test_runner_simplecil_on_tiny_vit(tmp_path):
-    from retain.config import load_config
-    from retain.engine.runner import Session, run_method
+    from retaincl.config import load_config
+    from retaincl.engine.runner import Session, run_method
 
     cfg = load_config(overrides=[
         "data.source=digits", "backbone.name=vit_tiny_retain", "backbone.image_size=32",

@@ -10,7 +10,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from retain.backbones.vit import PETLViT
+from retaincl.backbones.vit import PETLViT
 
 DIM, DEPTH, HEADS = 24, 3, 2
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from retain.backbones import build_backbone
-from retain.config import BackboneConfig
+from retaincl.backbones import build_backbone
+from retaincl.config import BackboneConfig
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from retain.backbones import build_backbone
-from retain.config import BackboneConfig, method_params
-from retain.data.images import ArrayImageSet, InputsOnly, TaskSplit
-from retain.data.scenarios import Task
-from retain.methods.base import LearnerContext
-from retain.methods.vpt import VPT
+from retaincl.backbones import build_backbone
+from retaincl.config import BackboneConfig, method_params
+from retaincl.data.images import ArrayImageSet, InputsOnly, TaskSplit
+from retaincl.data.scenarios import Task
+from retaincl.methods.base import LearnerContext
+from retaincl.methods.vpt import VPT
 
 NUM_CLASSES = 4
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retain.engine.runner import Session, run_method
+from retaincl.engine.runner import Session, run_method
 
 
 @pytest.mark.slow

@@ -1,0 +1,90 @@
+"""Training objective and anomaly score of MemAE (Gong et al., ICCV 2019, Sec. 3.4-3.5).
+
+Loss (eq. 10), averaged over a batch of T samples::
+
+    L = 1/T sum_t [ R(x_t, x_hat_t) + alpha * E(w_hat_t) ]
+
+with ``R`` the squared reconstruction error and ``E`` the entropy of the addressing
+weights (eq. 9). The anomaly score of a test sample is its reconstruction error
+(Sec. 3.5; the memory is fixed at test time).
+
+Choices: ``R`` is the *mean* of the squared errors over the elements of a sample (the
+paper writes the squared L2 norm, i.e. the sum); the two rank samples identically, so
+AUCs do not change, but the mean keeps ``alpha = 0.0002`` meaningful across input sizes
+(784 pixels vs 1280 features). Where the memory addresses every spatial position, ``E``
+is the mean entropy over the positions of a sample. Optimiser: Adam (the paper's choice;
+its learning rate is not given for images). A final training batch of a single sample
+is skipped, since batch norm cannot train on one sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from retaincl.anomaly.memory import addressing_entropy
+
+
+def per_sample_error(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of each sample over all its elements (the anomaly score)."""
+    return (x - x_hat).pow(2).flatten(1).mean(dim=1)
+
+
+def memae_loss(x: torch.Tensor, x_hat: torch.Tensor, weights: torch.Tensor | None, entropy_weight: float) -> torch.Tensor:
+    """Eq. 10 on one batch: mean reconstruction error + alpha * mean addressing entropy."""
+    loss = per_sample_error(x, x_hat).mean()
+    if weights is not None and entropy_weight > 0:
+        loss = loss + entropy_weight * addressing_entropy(weights).mean()
+    return loss
+
+
+def train_model(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    entropy_weight: float,
+    seed: int,
+    device: torch.device,
+    progress: Callable[[Iterable, str], Iterable] | None = None,
+) -> list[float]:
+    """Train ``model`` (a :class:`~retaincl.anomaly.model.MemAE`) on ``inputs``; returns the
+    mean loss of each epoch. Batch order comes from a generator seeded with ``seed``."""
+    if len(inputs) < 2:
+        raise ValueError(f"need at least 2 training samples to train an autoencoder, got {len(inputs)}")
+    model.to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    epochs_iter = range(epochs) if progress is None else progress(range(epochs), "epochs")
+    history: list[float] = []
+    for _ in epochs_iter:
+        order = torch.randperm(len(inputs), generator=gen)
+        total, count = 0.0, 0
+        for lo in range(0, len(order), batch_size):
+            idx = order[lo : lo + batch_size]
+            if len(idx) < 2:
+                continue
+            x = inputs[idx].to(device)
+            x_hat, weights = model(x)
+            loss = memae_loss(x, x_hat, weights, entropy_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+        history.append(total / max(count, 1))
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def reconstruction_errors(model: nn.Module, inputs: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Anomaly scores (CPU, float32): each sample's reconstruction error, model in eval mode."""
+    model.to(device).eval()
+    out = [per_sample_error(x, model(x)[0]).cpu() for x in (inputs[i : i + batch_size].to(device) for i in range(0, len(inputs), batch_size))]
+    return torch.cat(out) if out else torch.empty(0)

@@ -1,0 +1,314 @@
+"""Typed experiment configuration: YAML files plus dotted ``--set`` overrides.
+
+Every section is a dataclass; every field has a type, a default and a one-line doc
+(``field(metadata={"doc": ...})``). Loading checks each key against the schema: an
+unknown or misspelt key is a :class:`ConfigError` that names it and suggests the
+closest valid key, and a value of the wrong type or outside its allowed set names
+the key and what is allowed.
+
+Method hyperparameters live beside each method (its ``Params`` dataclass) and are
+validated by the same code, under ``methods.<name>.<key>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message says which and what is allowed."""
+
+
+def doc(text: str, **kwargs: Any) -> Any:
+    """A dataclass field with a default and a documentation line."""
+    return field(metadata={"doc": text}, **kwargs)
+
+
+# ----------------------------------------------------------------------------- schema
+
+
+@dataclass
+class DataConfig:
+    source: str = doc("data source name (see `retaincl list`)", default="mnist5k")
+    root: str | None = doc("folder holding downloaded data (cifar100, image_folder)", default=None)
+    image_size: int = doc("side in pixels that folder images are resized to on load", default=224)
+    download: bool = doc("let torchvision sources download when online", default=False)
+
+
+@dataclass
+class ScenarioConfig:
+    kind: Literal["class", "domain", "task"] = doc(
+        "class-, domain- or task-incremental", default="class"
+    )
+    base: int = doc("classes in the first task (B in B{base}-Inc{step})", default=2)
+    increment: int = doc("classes in each later task (Inc in B{base}-Inc{step})", default=2)
+    class_order: list[int] | None = doc(
+        "explicit class order; null = sorted when order_seed is null, else shuffled", default=None
+    )
+    order_seed: int | None = doc(
+        "seed that shuffles the class order (1993 is the field's usual one); null keeps 0..C-1",
+        default=None,
+    )
+    domains: Literal["permuted", "rotated", "source"] = doc(
+        "domain-incremental shift: pixel permutations, rotations, or the source's domain labels",
+        default="permuted",
+    )
+    num_tasks: int = doc("number of domains for permuted/rotated streams", default=5)
+    domain_seed: int = doc("seed of the permutations/rotation angles", default=0)
+    max_rotation: float = doc("rotated streams: task t is rotated by t/(T-1)*max_rotation degrees", default=180.0)
+
+
+@dataclass
+class BackboneConfig:
+    name: str = doc("backbone: a registered name or any timm model name", default="efficientnet_lite0")
+    checkpoint: str | None = doc("local weights (.safetensors, or a state dict .pt/.pth)", default=None)
+    pretrained: bool = doc("load pre-trained weights (packaged, hub or checkpoint)", default=True)
+    image_size: int = doc("input side in pixels (bilinear resize)", default=64)
+
+
+@dataclass
+class CacheConfig:
+    enabled: bool = doc("reuse frozen-backbone features across runs", default=True)
+    dir: str = doc("folder of the feature cache", default="~/.cache/retaincl/features")
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = doc("batch size for feature extraction and evaluation", default=256)
+
+
+@dataclass
+class ExperimentConfig:
+    method: str | list[str] = doc(
+        "method name, or a list of names run in turn on the same stream", default="simplecil"
+    )
+    methods: dict[str, dict[str, Any]] = doc(
+        "per-method hyperparameters, methods.<name>.<key> (see each method's docs)",
+        default_factory=dict,
+    )
+    seed: int = doc("seed of weights, sampling and data order; recorded in results", default=1993)
+    device: str = doc("cpu, cuda, cuda:N or auto", default="auto")
+    output_dir: str = doc("folder for results, checkpoints and logs", default="runs")
+    name: str | None = doc("run name; default derived from data, scenario and seed", default=None)
+    quiet: bool = doc("no progress bars", default=False)
+    threads: int | None = doc(
+        "CPU threads for torch; null = torch's default (1 is faster when other jobs share the cores)",
+        default=None,
+    )
+    data: DataConfig = doc("data source", default_factory=DataConfig)
+    scenario: ScenarioConfig = doc("how the source becomes a stream of tasks", default_factory=ScenarioConfig)
+    backbone: BackboneConfig = doc("pre-trained encoder", default_factory=BackboneConfig)
+    cache: CacheConfig = doc("feature cache", default_factory=CacheConfig)
+    eval: EvalConfig = doc("evaluation", default_factory=EvalConfig)
+
+    @property
+    def method_names(self) -> list[str]:
+        return [self.method] if isinstance(self.method, str) else list(self.method)
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is not None:
+        inner = ", ".join(_type_name(a) for a in typing.get_args(tp))
+        return f"{origin.__name__}[{inner}]" if inner else origin.__name__
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against type ``tp``; return it converted where lossless."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in args:
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as err:
+                errors.append(err)
+        raise ConfigError(f"{key}: {value!r} is not allowed; expected {_type_name(tp)}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(repr, args))}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} keys, got {value!r}")
+        return build(tp, value, prefix=key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp,) = args or (Any,)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {tp!r}")
+
+
+def unknown_key_error(key: str, valid: list[str], prefix: str) -> ConfigError:
+    full = f"{prefix}.{key}" if prefix else key
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f" Did you mean {(prefix + '.' if prefix else '') + close[0]!r}?" if close else ""
+    return ConfigError(f"unknown config key {full!r}.{hint} Valid keys here: {', '.join(sorted(valid))}")
+
+
+def build(cls: type, values: dict[str, Any] | None, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, validating every key and value."""
+    values = dict(values or {})
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in values:
+        if key not in fields:
+            raise unknown_key_error(str(key), list(fields), prefix)
+    kwargs = {}
+    for name, value in values.items():
+        kwargs[name] = _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name)
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if check is not None:
+        check()
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-data form of a config (for results files and hashing)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], value parsed as YAML, so 3 is int and [1,2] a list)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set scenario.increment=10")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {text!r}: the key is empty")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({err})") from err
+    return key.split("."), value
+
+
+def apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: {part!r} holds a value, not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+    return data
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> ExperimentConfig:
+    """Read a YAML config (or the defaults), apply ``key=value`` overrides, validate."""
+    tree = read_yaml(path) if path is not None else {}
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        apply_override(tree, keys, value)
+    return config_from_dict(tree)
+
+
+def config_from_dict(tree: dict[str, Any]) -> ExperimentConfig:
+    cfg = build(ExperimentConfig, tree)
+    from retaincl.registry import METHODS
+
+    for name in cfg.method_names:
+        METHODS.get(name)  # unknown method -> KeyError naming the close match
+    for name, params in cfg.methods.items():
+        if name not in METHODS:
+            raise unknown_key_error(name, METHODS.names(), "methods")
+        if not isinstance(params, dict):
+            raise ConfigError(f"methods.{name}: expected a mapping of hyperparameters")
+        method_params(name, params)  # validate now, not halfway through a run
+    return cfg
+
+
+def method_params(name: str, values: dict[str, Any] | None) -> Any:
+    """The validated ``Params`` dataclass of method ``name``."""
+    from retaincl.registry import METHODS
+
+    cls = METHODS.get(name)
+    return build(cls.Params, values or {}, prefix=f"methods.{name}")
+
+
+def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """(key, type, default, doc) rows of a schema, nested sections flattened."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows.extend(describe(tp, key + "."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        )
+        rows.append((key, _type_name(tp), default, f.metadata.get("doc", "")))
+    return rows

@@ -1,0 +1,223 @@
+"""Image sets (the samples of one split of a data source) and task views of them.
+
+An :class:`ImageSet` returns float images in [0, 1], channels first, at the source's
+own size; resizing and normalising for a backbone is the backbone's job. A
+:class:`TaskSplit` selects some samples of an image set, remaps their labels to the
+stream's class order and applies the task's domain shift (pixel permutation,
+rotation). Feature caching is keyed by ``(image set, domain shift)`` so that every
+class order and task split reuses the same extracted features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from retaincl.data.shifts import DomainShift, Identity
+
+
+class ImageSet(Dataset):
+    """One split of a data source: images and integer labels (and domain labels)."""
+
+    name: str
+    split: str
+    targets: np.ndarray
+    domains: np.ndarray | None = None
+    domain_names: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def image(self, index: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def images(self, indices: Sequence[int]) -> torch.Tensor:
+        """A batch of images as one tensor (all images of a set share one size)."""
+        return torch.stack([self.image(int(i)) for i in indices])
+
+    def fingerprint(self) -> str:
+        """A short hash that changes when the images or labels change."""
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.image(index), int(self.targets[index])
+
+
+class ArrayImageSet(ImageSet):
+    """Images held in memory as uint8 ``N x H x W`` or ``N x H x W x C`` arrays."""
+
+    def __init__(
+        self,
+        name: str,
+        split: str,
+        images: np.ndarray,
+        targets: np.ndarray,
+        domains: np.ndarray | None = None,
+    ) -> None:
+        if images.ndim == 3:
+            images = images[:, None]
+        elif images.ndim == 4:
+            images = images.transpose(0, 3, 1, 2)
+        else:
+            raise ValueError(f"{name}/{split}: images must be N x H x W [x C], got {images.shape}")
+        self.name, self.split = name, split
+        self._images = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
+        self.targets = np.asarray(targets, dtype=np.int64)
+        self.domains = None if domains is None else np.asarray(domains, dtype=np.int64)
+        self._fingerprint: str | None = None
+
+    def image(self, index: int) -> torch.Tensor:
+        return self._images[index].float().div_(255.0)
+
+    def images(self, indices: Sequence[int]) -> torch.Tensor:
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        return self._images[idx].float().div_(255.0)
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(self._images.numpy().tobytes())
+            h.update(self.targets.tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+
+class FolderImageSet(ImageSet):
+    """Image files on disk, read with PIL, converted to RGB and resized to a square."""
+
+    def __init__(
+        self,
+        name: str,
+        split: str,
+        paths: list[Path],
+        targets: np.ndarray,
+        image_size: int,
+        domains: np.ndarray | None = None,
+    ) -> None:
+        self.name, self.split = name, split
+        self.paths = list(paths)
+        self.targets = np.asarray(targets, dtype=np.int64)
+        self.domains = domains
+        self.image_size = image_size
+        self._fingerprint: str | None = None
+
+    def image(self, index: int) -> torch.Tensor:
+        from PIL import Image
+
+        with Image.open(self.paths[index]) as img:
+            img = img.convert("RGB").resize((self.image_size, self.image_size), Image.BILINEAR)
+            arr = np.asarray(img, dtype=np.uint8)
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(str(self.image_size).encode())
+            for p, y in zip(self.paths, self.targets):
+                st = p.stat()
+                h.update(f"{p}|{st.st_size}|{int(st.st_mtime)}|{y}".encode())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+
+class TaskSplit(Dataset):
+    """The samples of one task in one split, with stream labels and the task's shift."""
+
+    def __init__(
+        self,
+        base: ImageSet,
+        indices: np.ndarray,
+        label_map: np.ndarray,
+        shift: DomainShift | None = None,
+    ) -> None:
+        self.base = base
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.label_map = np.asarray(label_map, dtype=np.int64)
+        self.shift = shift or Identity()
+
+    @property
+    def targets(self) -> np.ndarray:
+        """Labels in the stream's class order (0 = first class of the first task)."""
+        return self.label_map[self.base.targets[self.indices]]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def images(self, positions: Sequence[int] | None = None) -> torch.Tensor:
+        """Shifted images at ``positions`` of this split (all when None)."""
+        idx = self.indices if positions is None else self.indices[np.asarray(positions)]
+        return self.shift(self.base.images(idx))
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
+        x = self.shift(self.base.image(int(self.indices[position]))[None])[0]
+        return x, int(self.targets[position])
+
+    def inputs(self) -> InputsOnly:
+        """The same samples without labels: what a learner sees at test time."""
+        return InputsOnly(self)
+
+
+class SplitUnion(Dataset):
+    """Several task splits seen as one training set (joint training, replay of tasks)."""
+
+    def __init__(self, parts: Sequence[TaskSplit]) -> None:
+        if not parts:
+            raise ValueError("SplitUnion needs at least one split")
+        self.parts = list(parts)
+        self._ends = np.cumsum([len(p) for p in self.parts])
+
+    @property
+    def targets(self) -> np.ndarray:
+        return np.concatenate([p.targets for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self._ends[-1])
+
+    def _locate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        part = np.searchsorted(self._ends, positions, side="right")
+        local = positions - np.concatenate([[0], self._ends[:-1]])[part]
+        return part, local
+
+    def images(self, positions: Sequence[int] | None = None) -> torch.Tensor:
+        positions = np.arange(len(self)) if positions is None else np.asarray(positions)
+        part, local = self._locate(positions)
+        out = None
+        for k in np.unique(part):
+            sel = np.flatnonzero(part == k)
+            imgs = self.parts[k].images(local[sel])
+            if out is None:
+                out = imgs.new_empty((len(positions), *imgs.shape[1:]))
+            out[torch.as_tensor(sel)] = imgs
+        return out
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
+        part, local = self._locate(np.asarray([position]))
+        return self.parts[int(part[0])][int(local[0])]
+
+
+class InputsOnly(Dataset):
+    """The samples of a task split without their labels: what a learner sees at test time."""
+
+    def __init__(self, split: TaskSplit) -> None:
+        self.base, self.indices, self.shift = split.base, split.indices, split.shift
+
+    def subset(self, positions: Sequence[int]) -> InputsOnly:
+        """The samples at ``positions`` (in that order), still without labels."""
+        out = InputsOnly.__new__(InputsOnly)
+        out.base, out.indices, out.shift = self.base, self.indices[np.asarray(positions)], self.shift
+        return out
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def images(self, positions: Sequence[int] | None = None) -> torch.Tensor:
+        idx = self.indices if positions is None else self.indices[np.asarray(positions)]
+        return self.shift(self.base.images(idx))
+
+    def __getitem__(self, position: int) -> torch.Tensor:
+        return self.shift(self.base.image(int(self.indices[position]))[None])[0]

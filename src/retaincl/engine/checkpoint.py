@@ -1,0 +1,28 @@
+"""Checkpoints: plain tensors and Python data, written atomically, read with weights_only."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from retaincl.engine.files import atomic_write_bytes
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint without unpickling code (``torch.load(weights_only=True)``)."""
+    try:
+        return torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise RuntimeError(
+            f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}: {err}); "
+            f"delete it or pass --fresh to start the run over"
+        ) from err

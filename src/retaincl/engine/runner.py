@@ -1,0 +1,267 @@
+"""The runner: one loop for every method (DESIGN.md, "The flow of one run").
+
+For each task: ``begin_task``, ``fit``, ``end_task``; then evaluate on the test data of
+every task seen so far (every task, and once before training, where the label space is
+fixed) to fill one row of the accuracy matrix; then write a checkpoint atomically, so
+that a crashed run resumes at the next task. At the end: metrics, timings and the
+resolved config go into one results JSON.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from retaincl.backbones import Backbone, build_backbone
+from retaincl.backbones.feature_cache import FeatureStore
+from retaincl.config import ExperimentConfig, method_params, to_dict
+from retaincl.data import Stream, Task, build_stream, load_source
+from retaincl.engine.checkpoint import load_checkpoint, save_checkpoint
+from retaincl.engine.environment import (
+    environment,
+    peak_memory_mb,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from retaincl.engine.files import atomic_write_json
+from retaincl.evaluation.metrics import summarize
+from retaincl.methods.base import Learner, LearnerContext
+from retaincl.registry import METHODS
+
+log = logging.getLogger(__name__)
+
+
+class RunError(RuntimeError):
+    """A run cannot start as configured; the message says why and what to change."""
+
+
+@dataclass
+class Session:
+    """What the methods of one config share: the stream, the backbone and its features."""
+
+    cfg: ExperimentConfig
+    stream: Stream
+    backbone: Backbone
+    features: FeatureStore
+    device: torch.device
+    setup_seconds: float = 0.0
+
+    @classmethod
+    def create(cls, cfg: ExperimentConfig) -> Session:
+        start = time.perf_counter()
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
+        device = resolve_device(cfg.device)
+        source = load_source(cfg.data)
+        stream = build_stream(cfg.scenario, source)
+        seed_everything(cfg.seed)  # randomly initialised backbones (mlp, pretrained=false) follow the run seed
+        backbone = build_backbone(cfg.backbone).to(device).eval()
+        backbone.requires_grad_(False)
+        cache_dir = cfg.cache.dir if cfg.cache.enabled else None
+        features = FeatureStore(backbone, device, cache_dir, cfg.eval.batch_size, cfg.quiet)
+        return cls(cfg, stream, backbone, features, device, time.perf_counter() - start)
+
+    def run_name(self) -> str:
+        c = self.cfg
+        if c.name:
+            return c.name
+        s = c.scenario
+        if s.kind == "domain":
+            shape = f"domain-{s.domains}{s.num_tasks if s.domains != 'source' else ''}"
+        else:
+            shape = f"{s.kind}-B{s.base}Inc{s.increment}" + (f"-order{s.order_seed}" if s.order_seed is not None else "")
+        return f"{c.data.source.replace(':', '_')}-{shape}-{c.backbone.name.replace('/', '_')}-seed{c.seed}"
+
+
+@dataclass
+class Timer:
+    """Wall time per phase; feature extraction is split out of the phase that caused it."""
+
+    totals: dict[str, float] = field(default_factory=dict)
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.totals[phase] = self.totals.get(phase, 0.0) + seconds
+
+
+def config_hash(cfg: ExperimentConfig, method: str) -> str:
+    tree = to_dict(cfg)
+    for key in ("quiet", "method", "cache", "output_dir", "eval", "threads"):  # do not change the numbers
+        tree.pop(key, None)
+    tree["methods"] = {method: tree["methods"].get(method, {})}
+    return hashlib.sha256(json.dumps([tree, method], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def evaluate_task(learner: Learner, task: Task, stream: Stream) -> tuple[int, int]:
+    """(correct, total) of ``learner`` on ``task``'s test data; labels never leave here."""
+    logits = learner.predict_logits(task.test.inputs())
+    targets = torch.as_tensor(task.test.targets)
+    if stream.task_id_at_test:
+        mask = torch.full((logits.shape[1],), float("-inf"))
+        mask[[c for c in task.classes if c < logits.shape[1]]] = 0.0
+        logits = logits + mask
+    if logits.shape[1] == 0:
+        return 0, len(targets)
+    return int((logits.argmax(1) == targets).sum()), len(targets)
+
+
+def build_learner(session: Session, method: str) -> Learner:
+    cls = METHODS.get(method)
+    params = method_params(method, session.cfg.methods.get(method))
+    kind = session.stream.kind
+    if kind not in cls.supported_scenarios:
+        raise RunError(
+            f"method {method!r} supports {', '.join(cls.supported_scenarios)}-incremental "
+            f"scenarios, not {kind!r}; change scenario.kind"
+        )
+    if cls.needs_task_id and not session.stream.task_id_at_test:
+        raise RunError(f"method {method!r} needs the task id at test time: use scenario.kind=task")
+    seed_everything(session.cfg.seed)
+    backbone = session.backbone
+    if not cls.frozen_backbone or getattr(params, "train_backbone", False):
+        # the shared one stays pre-trained (and frozen); the private copy is trainable
+        backbone = copy.deepcopy(session.backbone).requires_grad_(True)
+    ctx = LearnerContext(
+        backbone=backbone,
+        features=session.features,
+        device=session.device,
+        seed=session.cfg.seed,
+        num_classes=session.stream.num_classes,
+        scenario=kind,
+        quiet=session.cfg.quiet,
+        eval_batch_size=session.cfg.eval.batch_size,
+    )
+    return cls(params, ctx)
+
+
+def run_method(session: Session, method: str, resume: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Run one method over the session's stream; returns the results (also written to disk)."""
+    cfg, stream = session.cfg, session.stream
+    out_dir = Path(cfg.output_dir) / session.run_name() / method
+    ckpt_path, results_path = out_dir / "checkpoint.pt", out_dir / "results.json"
+    chash = config_hash(cfg, method)
+    learner = build_learner(session, method)
+    T = len(stream)
+    R = np.full((T, T), np.nan)
+    correct = np.zeros((T, T), dtype=np.int64)
+    initial: list[float] | None = None
+    timer = Timer()
+    per_task: list[dict[str, float]] = []
+    start_task, resumed_from = 0, None
+    stats = session.features.stats
+    extracted_before = stats.extracted_samples
+
+    if resume and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path)
+        if ckpt["config_hash"] != chash and not ckpt["complete"]:
+            raise RunError(
+                f"{ckpt_path} belongs to a different config; pass --fresh to start over, or set "
+                f"name=... to run this config under another name"
+            )
+        if not ckpt["complete"]:
+            learner.load_state_dict(ckpt["learner"])
+            start_task = resumed_from = int(ckpt["tasks_done"])
+            R[:] = np.asarray(ckpt["R"], dtype=float)
+            correct[:] = np.asarray(ckpt["correct"], dtype=np.int64)
+            initial = ckpt["initial"]
+            timer.totals = dict(ckpt["timings"])
+            per_task = list(ckpt["per_task"])
+            learner.restore_tasks(stream.tasks[:start_task])
+            set_rng_state(ckpt["rng"])
+            log.info("resuming %s at task %d", method, start_task)
+
+    def timed(phase: str, fn, *args) -> Any:
+        ex0 = stats.extraction_seconds
+        t0 = time.perf_counter()
+        value = fn(*args)
+        elapsed = time.perf_counter() - t0
+        extraction = stats.extraction_seconds - ex0
+        timer.add(phase, elapsed - extraction)
+        timer.add("feature_extraction", extraction)
+        return value, elapsed - extraction, extraction
+
+    def evaluate_row(upto: int) -> list[tuple[int, int]]:
+        return [evaluate_task(learner, stream.tasks[j], stream) for j in range(upto)]
+
+    bar = tqdm(range(start_task, T), desc=method, disable=cfg.quiet or not progress, initial=start_task, total=T)
+    for i in bar:
+        task = stream.tasks[i]
+        (_, t_begin, x_begin) = timed("fit", learner.begin_task, task)
+        if i == 0 and stream.fixed_label_space and initial is None:
+            res = timed("evaluation", evaluate_row, T)[0]
+            initial = [c / n for c, n in res]
+        (_, t_fit, x_fit) = timed("fit", learner.fit, task)
+        (_, t_end, x_end) = timed("fit", learner.end_task, task)
+        res, t_eval, x_eval = timed("evaluation", evaluate_row, T if stream.fixed_label_space else i + 1)
+        for j, (c, n) in enumerate(res):
+            correct[i, j] = c
+            R[i, j] = c / n if n else float("nan")
+        per_task.append({
+            "fit_seconds": t_begin + t_fit + t_end,
+            "evaluation_seconds": t_eval,
+            "feature_extraction_seconds": x_begin + x_fit + x_end + x_eval,
+        })
+        acc_now = correct[i, : i + 1].sum() / max(sum(len(t.test) for t in stream.tasks[: i + 1]), 1)
+        bar.set_postfix(acc=f"{acc_now:.3f}")
+        save_checkpoint(ckpt_path, {
+            "config_hash": chash,
+            "method": method,
+            "tasks_done": i + 1,
+            "complete": i + 1 == T,
+            "learner": learner.state_dict(),
+            "R": R.tolist(),
+            "correct": correct.tolist(),
+            "initial": initial,
+            "timings": timer.totals,
+            "per_task": per_task,
+            "rng": rng_state(),
+        })
+
+    sizes = [len(t.test) for t in stream.tasks]
+    results = {
+        "method": method,
+        "method_params": to_dict(method_params(method, cfg.methods.get(method))),
+        "method_info": learner.describe(),
+        "seed": cfg.seed,
+        "config": to_dict(cfg) | {"method": method},
+        "stream": {
+            "kind": stream.kind,
+            "description": stream.description,
+            "class_order": stream.class_order,
+            "tasks": [{"classes": t.classes, "domain": t.domain, "train_size": len(t.train), "test_size": len(t.test)} for t in stream.tasks],
+            "task_id_at_test": stream.task_id_at_test,
+        },
+        "accuracy_matrix": R.tolist(),
+        "correct_matrix": correct.tolist(),
+        "test_sizes": sizes,
+        "initial_accuracy": initial,
+        "metrics": summarize(R, sizes, initial),
+        "timings": {
+            "setup_seconds": session.setup_seconds,
+            **{f"{k}_seconds": v for k, v in timer.totals.items()},
+            "per_task": per_task,
+        },
+        "feature_cache": {
+            "enabled": cfg.cache.enabled,
+            "extracted_samples": stats.extracted_samples - extracted_before,
+            "loaded_samples_this_session": stats.loaded_samples,
+            "rebuilt_entries": stats.rebuilt_entries,
+        },
+        "peak_memory_mb": peak_memory_mb(session.device),
+        "resumed_from_task": resumed_from,
+        "environment": environment(session.device),
+        "results_path": str(results_path),
+    }
+    atomic_write_json(results_path, results)
+    return results
