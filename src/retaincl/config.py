@@ -75,6 +75,46 @@ class BackboneConfig:
 
 
 @dataclass
+class TransformConfig:
+    """Input transforms (``retaincl.data.transforms``): test geometry, normalisation, augmentation."""
+
+    resize: int | None = doc(
+        "test: resize the shorter side to this, then centre-crop backbone.image_size "
+        "(official ViT pipelines: 256 then 224); null = resize straight to backbone.image_size",
+        default=None,
+    )
+    interpolation: Literal["bilinear", "bicubic"] = doc(
+        "resampling of every resize and crop (official ViT pipelines: bicubic)", default="bilinear"
+    )
+    normalize: Literal["backbone", "none", "imagenet", "inception"] = doc(
+        "input normalisation: the backbone's mean/std, none ([0, 1] inputs: official APER/RanPAC), "
+        "ImageNet's, or 0.5/0.5",
+        default="backbone",
+    )
+    train_crop: Literal["none", "random_resized"] = doc(
+        "training augmentation of end-to-end methods: a random resized crop to backbone.image_size",
+        default="none",
+    )
+    train_crop_scale: list[float] = doc(
+        "area range of the random resized crop (torchvision's default 0.08..1)", default_factory=lambda: [0.08, 1.0]
+    )
+    train_crop_ratio: list[float] = doc(
+        "aspect-ratio range of the random resized crop", default_factory=lambda: [0.75, 4 / 3]
+    )
+    train_hflip: bool = doc("training augmentation: horizontal flip with probability 0.5", default=False)
+
+    def validate(self) -> None:
+        if self.resize is not None and self.resize < 1:
+            raise ConfigError(f"transform.resize must be >= 1 or null, got {self.resize}")
+        lo_hi = self.train_crop_scale
+        if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
+            raise ConfigError(f"transform.train_crop_scale must be [min, max] with 0 < min <= max <= 1, got {lo_hi}")
+        r = self.train_crop_ratio
+        if len(r) != 2 or not 0 < r[0] <= r[1]:
+            raise ConfigError(f"transform.train_crop_ratio must be [min, max] with 0 < min <= max, got {r}")
+
+
+@dataclass
 class CacheConfig:
     enabled: bool = doc("reuse frozen-backbone features across runs", default=True)
     dir: str = doc("folder of the feature cache", default="~/.cache/retaincl/features")
@@ -106,6 +146,7 @@ class ExperimentConfig:
     data: DataConfig = doc("data source", default_factory=DataConfig)
     scenario: ScenarioConfig = doc("how the source becomes a stream of tasks", default_factory=ScenarioConfig)
     backbone: BackboneConfig = doc("pre-trained encoder", default_factory=BackboneConfig)
+    transform: TransformConfig = doc("input transforms: test resize/crop, normalisation, augmentation", default_factory=TransformConfig)
     cache: CacheConfig = doc("feature cache", default_factory=CacheConfig)
     eval: EvalConfig = doc("evaluation", default_factory=EvalConfig)
 

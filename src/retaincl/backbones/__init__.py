@@ -7,12 +7,17 @@ backbone is one new file with ``@register_backbone("name")``.
 from __future__ import annotations
 
 from retaincl.backbones.base import Backbone, BackboneError
-from retaincl.config import BackboneConfig
+from retaincl.config import BackboneConfig, TransformConfig
 from retaincl.registry import BACKBONES
 
 
-def build_backbone(cfg: BackboneConfig) -> Backbone:
-    """A registered backbone by name, else a timm model of that name."""
+def build_backbone(cfg: BackboneConfig, transform: TransformConfig | None = None) -> Backbone:
+    """A registered backbone by name, else a timm model of that name, with the input
+    transform of ``transform`` (None: the backbone's defaults)."""
+    return _build(cfg).set_transform(transform)
+
+
+def _build(cfg: BackboneConfig) -> Backbone:
     if cfg.name in BACKBONES:
         return BACKBONES.get(cfg.name)(cfg)
     from retaincl.backbones.vit import ViTBackbone, is_timm_vit

@@ -2,8 +2,11 @@
 
 Images arrive as float tensors in [0, 1], channels first, at the data source's size.
 :meth:`Backbone.preprocess` turns them into what the network was trained on (three
-channels, the configured side, its mean and std), so data sources stay
-backbone-agnostic and the feature cache can key on :attr:`Backbone.identity`.
+channels, the configured side, the configured normalisation: an
+:class:`~retaincl.data.transforms.InputTransform`), so data sources stay
+backbone-agnostic and the feature cache can key on :attr:`Backbone.identity`, which
+holds the transform. :meth:`Backbone.augment` is the training augmentation that
+end-to-end methods apply to their batches (never to cached features).
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from retaincl.config import TransformConfig
+from retaincl.data.transforms import InputTransform
 
 
 class BackboneError(RuntimeError):
@@ -29,19 +34,29 @@ class Backbone(nn.Module):
     def __init__(self, image_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.image_size = int(image_size)
+        self.native_mean, self.native_std = tuple(mean), tuple(std)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        self.transform = InputTransform(self.image_size, tuple(mean), tuple(std))
         self.weights_id = "random"
 
+    def set_transform(self, cfg: TransformConfig | None) -> Backbone:
+        """Use the test geometry, normalisation and augmentation of ``cfg`` (None: defaults)."""
+        self.transform = InputTransform.from_config(cfg, self.image_size, self.native_mean, self.native_std)
+        device = self.mean.device
+        self.mean = torch.tensor(self.transform.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(self.transform.std, device=device).view(1, -1, 1, 1)
+        return self
+
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Grayscale to three channels, bilinear resize, normalise."""
+        """Grayscale to three channels, test geometry (resize [+ centre crop]), normalise."""
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
-        if images.shape[-2:] != (self.image_size, self.image_size):
-            images = F.interpolate(
-                images, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
-            )
-        return (images - self.mean) / self.std
+        return (self.transform.geometry(images) - self.mean) / self.std
+
+    def augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A training batch in [0, 1] with the configured augmentation (unchanged when none)."""
+        return self.transform.augment(images, generator)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Features of preprocessed inputs."""
@@ -60,6 +75,7 @@ class Backbone(nn.Module):
             "image_size": self.image_size,
             "mean": self.mean.flatten().tolist(),
             "std": self.std.flatten().tolist(),
+            "transform": self.transform.describe(),
         }
 
 

@@ -107,10 +107,20 @@ class FolderImageSet(ImageSet):
         self._fingerprint: str | None = None
 
     def image(self, index: int) -> torch.Tensor:
+        """The image resized so that its shorter side is ``image_size`` (bicubic, as
+        torchvision's ``Resize``), then centre-cropped to a square: the aspect ratio is
+        kept, and a later ``Resize(image_size) + CenterCrop`` equals the official pipelines'."""
         from PIL import Image
 
         with Image.open(self.paths[index]) as img:
-            img = img.convert("RGB").resize((self.image_size, self.image_size), Image.BILINEAR)
+            img = img.convert("RGB")
+            w, h = img.size
+            s = self.image_size
+            scale = s / min(w, h)
+            nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
+            img = img.resize((nw, nh), Image.BICUBIC)
+            left, top = (nw - s) // 2, (nh - s) // 2
+            img = img.crop((left, top, left + s, top + s))
             arr = np.asarray(img, dtype=np.uint8)
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 

@@ -67,8 +67,9 @@ class Session:
         source = load_source(cfg.data)
         stream = build_stream(cfg.scenario, source)
         seed_everything(cfg.seed)  # randomly initialised backbones (mlp, pretrained=false) follow the run seed
-        backbone = build_backbone(cfg.backbone).to(device).eval()
+        backbone = build_backbone(cfg.backbone, cfg.transform).to(device).eval()
         backbone.requires_grad_(False)
+        check_transform(cfg, source)
         cache_dir = cfg.cache.dir if cfg.cache.enabled else None
         features = FeatureStore(backbone, device, cache_dir, cfg.eval.batch_size, cfg.quiet)
         return cls(cfg, stream, backbone, features, device, time.perf_counter() - start)
@@ -93,6 +94,22 @@ class Timer:
 
     def add(self, phase: str, seconds: float) -> None:
         self.totals[phase] = self.totals.get(phase, 0.0) + seconds
+
+
+def check_transform(cfg: ExperimentConfig, source: Any) -> None:
+    """Refuse a test resize + crop whose input would already be at the final side: the
+    transform takes inputs at ``backbone.image_size`` as final (``retaincl.data.transforms``)."""
+    resize, side = cfg.transform.resize, cfg.backbone.image_size
+    if resize is None:
+        return
+    if resize < side:
+        raise RunError(f"transform.resize={resize} is smaller than backbone.image_size={side}; the centre crop would not fit")
+    _, _, h, w = source.train.images([0]).shape
+    if (h, w) == (side, side):
+        raise RunError(
+            f"the {cfg.data.source} images are already {h}x{w} = backbone.image_size, so transform.resize={resize} "
+            f"would be skipped; set transform.resize=null, or for folders data.image_size={resize}"
+        )
 
 
 def config_hash(cfg: ExperimentConfig, method: str) -> str:

@@ -35,6 +35,10 @@ from retaincl.data.images import InputsOnly, SplitUnion, TaskSplit
 from retaincl.data.scenarios import Task
 
 
+class DivergenceError(FloatingPointError):
+    """Training produced a NaN or infinite loss or weights; the message names method, task and step."""
+
+
 @dataclass
 class NoParams:
     """This method has no hyperparameters."""
@@ -137,6 +141,25 @@ class Learner:
         if self.ctx.features is None:
             raise RuntimeError(f"{self.name}: no feature store (the backbone is not frozen)")
         return self.ctx.features.get(split), torch.as_tensor(split.targets)
+
+    def train_images(self, split: TaskSplit | SplitUnion, positions: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Training images at ``positions`` of ``split`` on the device, with the backbone's
+        training augmentation (``transform.train_crop`` / ``train_hflip``) drawn from this
+        learner's generator; unchanged images when no augmentation is configured."""
+        raw = split.images(np.asarray(positions, dtype=np.int64)).to(self.device)
+        return self.ctx.backbone.augment(raw, self.generator)
+
+    def check_finite(self, loss: torch.Tensor, task_index: int, step: int) -> None:
+        """Stop a diverged run: a NaN or infinite training loss raises
+        :class:`DivergenceError` naming the method, the task and the step. Every method
+        that trains calls this on each step's loss (the runner also checks the learned
+        state for NaN after each task)."""
+        if not bool(torch.isfinite(loss.detach()).all()):
+            raise DivergenceError(
+                f"{self.name}: the training loss became {float(loss.detach().float().flatten()[0])} in task "
+                f"{task_index} at step {step}; the run diverged. Lower methods.{self.name}.lr (or the "
+                f"method's loss weights) and run again"
+            )
 
     def progress(self, iterable: Iterable, desc: str, total: int | None = None) -> Iterable:
         return tqdm(iterable, desc=desc, total=total, disable=self.ctx.quiet, leave=False)

@@ -87,7 +87,7 @@ class LinearHeadLearner(Learner):
             for lo in range(0, n, p.batch_size):
                 idx = order[lo : lo + p.batch_size]
                 if inputs is None:
-                    feats = self.backbone(split.images(idx.numpy()).to(self.device))
+                    feats = self.backbone(self.train_images(split, idx))
                 else:
                     feats = inputs[idx].to(self.device)
                 logits = self.head(feats)[:, : self.seen_classes]

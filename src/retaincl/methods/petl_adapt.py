@@ -144,7 +144,7 @@ def adapt_first_task(
         total = 0.0
         for lo in range(0, n, p.batch_size):
             idx = order[lo : lo + p.batch_size]
-            logits = head(backbone(split.images(idx.numpy()).to(device)))
+            logits = head(backbone(backbone.augment(split.images(idx.numpy()).to(device), generator)))
             loss = F.cross_entropy(logits, labels[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -211,6 +211,8 @@ class PromptPoolLearner(Learner):
         store = self.ctx.features
         if store is None or getattr(store, "backbone", None) is None:
             return None
+        if self.backbone.transform.augments:  # the query is the augmented image's, as the official code
+            return None
         if store.backbone.identity != self.backbone.identity:
             return None
         return store.get(task.train)
@@ -267,7 +269,7 @@ class PromptPoolLearner(Learner):
             order = torch.randperm(n, generator=self.generator)
             for lo in range(0, n, p.batch_size):
                 idx = order[lo : lo + p.batch_size]
-                images = split.images(idx.numpy()).to(self.device)
+                images = self.train_images(split, idx)
                 q = cached[idx].to(self.device) if cached is not None else self.queries(images)
                 loss = self.training_loss(images, q, labels[idx].to(self.device), task)
                 if not torch.isfinite(loss):

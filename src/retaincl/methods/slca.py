@@ -159,7 +159,7 @@ class SLCA(Learner):
             order = torch.randperm(n, generator=self.generator)
             for lo in range(0, n, p.batch_size):
                 idx = order[lo : lo + p.batch_size]
-                logits = self.head(self.backbone(split.images(idx.numpy()).to(self.device)))
+                logits = self.head(self.backbone(self.train_images(split, idx)))
                 loss = F.cross_entropy(logits[:, self.known_classes : self.seen_classes], labels[idx].to(self.device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -111,7 +111,7 @@ class PromptLearner(Learner):
         self.backbone.eval()  # frozen: no dropout / drop-path, the same function in training and test
         for _ in self.progress(range(p.epochs), desc):
             for idx in minibatches(len(labels), p.batch_size, self.generator):
-                images = split.images(idx.numpy()).to(self.device)
+                images = self.train_images(split, idx)
                 loss = batch_loss(images, labels[idx].to(self.device), idx)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -148,7 +148,7 @@ class NetworkLearner(Learner):
             if b == 0:
                 order = torch.randperm(n, generator=self.generator)
             idx = order[b * p.batch_size : (b + 1) * p.batch_size]
-            x = feats[idx] if feats is not None else split.images(idx.numpy())
+            x = feats[idx] if feats is not None else self.train_images(split, idx)
             t = torch.full((len(idx),), task.index, dtype=torch.long, device=self.device)
             yield epoch, b == per_epoch - 1, x.to(self.device), labels[idx].to(self.device), t
 
