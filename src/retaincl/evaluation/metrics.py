@@ -31,7 +31,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-
 FORGETTING_VARIANT = (
     "chaudhry: mean over old tasks j of max_{l<T-1} R[l][j] - R[T-1][j] (last row excluded from the max); "
     "forgetting_mammoth includes the last row in the max; forgetting_first_minus_last is Avalanche's R[j][j] - R[T-1][j]"
