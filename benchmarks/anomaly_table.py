@@ -36,7 +36,7 @@ def run(config: str, jobs: int, output_dir: str, extra: list[str]) -> list[Path]
     from retaincl.anomaly.config import load_anomaly_config
 
     models = load_anomaly_config(config, extra).models
-    groups = [models[i::jobs] for i in range(jobs) if models[i::jobs]]
+    groups = [models[i::jobs] for i in range(jobs) if models[i::jobs]]  # round robin, in the config's order
     procs, paths = [], []
     for i, group in enumerate(groups):
         name = f"anomaly-table-{Path(config).stem}-{i}"
@@ -54,10 +54,14 @@ def run(config: str, jobs: int, output_dir: str, extra: list[str]) -> list[Path]
 def merge(paths: list[Path]) -> dict[str, Any]:
     runs = [json.loads(Path(p).read_text()) for p in paths]
     out = dict(runs[0])
-    out["models"], out["selection"] = {}, {}
+    models: dict[str, Any] = {}
+    selection: dict[str, Any] = {}
     for r in runs:
-        out["models"].update(r["models"])
-        out["selection"].update(r.get("selection", {}))
+        models.update(r["models"])
+        selection.update(r.get("selection", {}))
+    order = {v: i for i, v in enumerate(LABELS)}  # rows in a fixed order, whatever the split
+    out["models"] = dict(sorted(models.items(), key=lambda kv: order.get(kv[0], len(order))))
+    out["selection"] = dict(sorted(selection.items(), key=lambda kv: order.get(kv[0], len(order))))
     return out
 
 
