@@ -123,9 +123,11 @@ def adapt_first_task(
     generator: torch.Generator,
     device: torch.device,
     progress=lambda it, desc: it,
+    check_finite=lambda loss, step: None,
 ) -> list[float]:
     """Train ``backbone``'s adapted parameters with a cosine head on ``split`` (labels
-    ``0..num_classes-1``), then freeze it. Returns the mean loss of each epoch."""
+    ``0..num_classes-1``), then freeze it. Returns the mean loss of each epoch.
+    ``check_finite(loss, step)`` is called on every step's loss (the learner's divergence check)."""
     params = trainable_parameters(backbone, petl)
     head = CosineHead(backbone.feature_dim, num_classes, generator).to(device)
     opt = torch.optim.SGD(
@@ -139,6 +141,7 @@ def adapt_first_task(
     backbone.train()
     history = []
     n = len(labels)
+    step = 0
     for _ in progress(range(p.epochs), f"adapt ({petl}) on task 0"):
         order = torch.randperm(n, generator=generator)
         total = 0.0
@@ -146,6 +149,8 @@ def adapt_first_task(
             idx = order[lo : lo + p.batch_size]
             logits = head(backbone(backbone.augment(split.images(idx.numpy()).to(device), generator)))
             loss = F.cross_entropy(logits, labels[idx].to(device))
+            check_finite(loss, step)
+            step += 1
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -209,7 +214,8 @@ class FirstSessionAdaptation:
         if self.adapted:
             return
         self.adapt_losses = adapt_first_task(
-            self.backbone, task.train, self.seen_classes, self.petl, self.params, self.generator, self.device, self.progress
+            self.backbone, task.train, self.seen_classes, self.petl, self.params, self.generator, self.device,
+            self.progress, lambda loss, step: self.check_finite(loss, task.index, step),
         )
         self.adapted = True
 

@@ -132,7 +132,7 @@ class SLCA(Learner):
         self.store_statistics(task)
         self.aligned = copy.deepcopy(self.head)
         if task.index > 0 and self.params.ca_epochs > 0:
-            self.align()
+            self.align(task.index)
 
     def logits_from_images(self, images: torch.Tensor) -> torch.Tensor:
         return self.aligned(self.backbone(images))[:, : self.seen_classes]
@@ -153,7 +153,7 @@ class SLCA(Learner):
         opt = self.make_optimizer()
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=p.milestones, gamma=p.lr_decay)
         labels = torch.as_tensor(split.targets) - self.known_classes
-        n = len(labels)
+        n, step = len(labels), 0
         for _ in self.progress(range(p.epochs), f"slca task {task.index}"):
             self.backbone.train()
             order = torch.randperm(n, generator=self.generator)
@@ -161,6 +161,8 @@ class SLCA(Learner):
                 idx = order[lo : lo + p.batch_size]
                 logits = self.head(self.backbone(self.train_images(split, idx)))
                 loss = F.cross_entropy(logits[:, self.known_classes : self.seen_classes], labels[idx].to(self.device))
+                self.check_finite(loss, task.index, step)
+                step += 1
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -206,13 +208,15 @@ class SLCA(Learner):
 
     # ------------------------------------------------------------------ 3. alignment
 
-    def align(self) -> None:
+    def align(self, task_index: int = -1) -> None:
+        """Classifier alignment of ``self.aligned`` on sampled features (after task ``task_index``)."""
         p = self.params
         aligned = self.aligned
         aligned.requires_grad_(True)
         opt = torch.optim.SGD(aligned.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=p.ca_epochs)
         sizes, bs = aligned.sizes, p.ca_samples_per_class
+        step = 0
         for _ in self.progress(range(p.ca_epochs), "slca alignment"):
             x, y = self.sample_features(bs)
             order = torch.randperm(len(y), generator=self.generator)
@@ -222,6 +226,8 @@ class SLCA(Learner):
                 if p.logit_norm is not None:
                     logits = logit_normalize(logits, sizes, p.logit_norm)
                 loss = F.cross_entropy(logits, y[lo : lo + bs])
+                self.check_finite(loss, task_index, step)
+                step += 1
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
