@@ -37,7 +37,7 @@ def run_once(work: Path, tag: str, extra: list[str]) -> dict:
     for item in extra:
         cmd += ["--set", item]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode not in (0, None):
         sys.stderr.write(proc.stderr)

@@ -9,7 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from retaincl.engine.runner import Session, run_method
-from retaincl.methods.ranpac import RIDGES, RanPAC, RanPACParams, RidgeStatistics, choose_ridge, select_ridge, solve_psd
+from retaincl.methods.ranpac import (
+    RIDGES,
+    RanPAC,
+    RanPACParams,
+    RidgeStatistics,
+    choose_ridge,
+    select_ridge,
+    solve_psd,
+)
 
 
 def kernel_ridge(h: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
