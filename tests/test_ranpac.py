@@ -171,6 +171,7 @@ def exact_correct_per_task(session, res, m):
     def h(split):
         return np.maximum(session.features.get(split).numpy() @ w_rand, 0).astype(np.float64)
 
+    h_test = [h(t.test) for t in tasks]
     correct = np.zeros((len(tasks), len(tasks)), dtype=np.int64)
     hs, ys = [], []
     for i, (task, lam) in enumerate(zip(tasks, res["method_info"]["ridge_per_task"])):
@@ -178,18 +179,19 @@ def exact_correct_per_task(session, res, m):
         ys.append(np.eye(c)[task.train.targets])
         w = kernel_ridge(np.concatenate(hs), np.concatenate(ys), lam)[:, : task.total_classes]
         for j in range(i + 1):
-            correct[i, j] = int(((h(tasks[j].test) @ w).argmax(1) == np.asarray(tasks[j].test.targets)).sum())
+            correct[i, j] = int(((h_test[j] @ w).argmax(1) == np.asarray(tasks[j].test.targets)).sum())
     return correct
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [
-    {"methods.ranpac.ridge": 1e-8},        # the lambda that broke the old solve (70.8% on 0 vs 1)
-    {},                                    # lambda chosen per task, range form throughout (N < M/2)
-    {"methods.ranpac.projection_dim": 2000},  # switches to the full G at the last task
+    # the default M = 10000, lambda chosen per task: range form throughout (N = 1438 < M / 2)
+    {"methods.ranpac.projection_dim": 10000},
+    # lambda = 1e-8, the value that broke the old solve (70.8% on 0 vs 1); M = 2000 switches
+    # to the full G at task 3 (N > M / 2), whose null space then meets lambda = 1e-8
+    {"methods.ranpac.projection_dim": 2000, "methods.ranpac.ridge": 1e-8},
 ])
 def test_digits_accuracy_equals_exact_ridge_on_every_task(make_digits_config, extra):
-    extra = {"methods.ranpac.projection_dim": 10000, **extra}
     cfg = make_digits_config(method=["ranpac"], **extra)
     session = Session.create(cfg)
     res = run_method(session, "ranpac", resume=False, progress=False)
