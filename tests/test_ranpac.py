@@ -201,3 +201,39 @@ def test_digits_accuracy_equals_exact_ridge_on_every_task(make_digits_config, ex
     assert res["metrics"]["accuracy_per_step"][0] > 0.99  # 0 vs 1 is easy
     if "methods.ranpac.ridge" not in extra:
         assert min(res["method_info"]["ridge_per_task"]) >= 1.0  # flat small-lambda region: ties go up
+
+
+@pytest.mark.parametrize("saved", [False, True])
+def test_resume_rebuilds_or_loads_the_statistics_bit_for_bit(saved):
+    """Without checkpoint_statistics the checkpoint holds no M-sized matrix and a resume
+    rebuilds G and C from the finished tasks; either way the continuation is identical."""
+    import io
+
+    rng = np.random.default_rng(3)
+    feats = torch.tensor(rng.normal(size=(90, 6)) + np.repeat(np.eye(3, 6) * 2, 30, 0), dtype=torch.float32)
+    labels = torch.tensor(np.repeat([0, 1, 2], 30))
+    params = RanPACParams(projection_dim=100, checkpoint_statistics=saved)
+    a = RanPAC(params, fake_context(feats, 3))
+    learn_tasks(a, labels, [[0], [1]])
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    assert (buf.tell() > 100 * 60 * 8) == saved  # the basis (M x 60 float64) only when saved
+    b = RanPAC(params, fake_context(feats, 3))
+    b.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    if not saved:
+        with pytest.raises(RuntimeError, match="restore_tasks"):
+            learn_tasks(b, labels, [[2]])
+    tasks = []
+    for t, classes in enumerate([[0], [1]]):
+        idx = np.flatnonzero(np.isin(labels.numpy(), classes))
+        tasks.append(SimpleNamespace(index=t, train=SimpleNamespace(idx=idx, targets=labels[idx].numpy())))
+    b.restore_tasks(tasks)
+    assert torch.equal(b.stats.gram(), a.stats.gram()) and torch.equal(b.stats.class_matrix(), a.stats.class_matrix())
+    for learner in (a, b):
+        idx = np.flatnonzero(labels.numpy() == 2)
+        task = SimpleNamespace(index=2, classes=[2], train=SimpleNamespace(idx=idx, targets=labels[idx].numpy()),
+                               known_classes=2, total_classes=3)
+        learner.begin_task(task)
+        learner.fit(task)
+        learner.end_task(task)
+    assert torch.equal(a.weights, b.weights) and a.ridge_history == b.ridge_history

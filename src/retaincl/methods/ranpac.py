@@ -50,6 +50,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 import torch
 import torch.nn.functional as F
 
@@ -119,9 +120,18 @@ def solve_psd(a: torch.Tensor, b: torch.Tensor, lam: float, singular: bool = Fal
     """
     n = a.shape[0]
     if not singular or lam > n * EPS64 * float(a.diagonal().sum()):
-        chol, info = torch.linalg.cholesky_ex(a + lam * torch.eye(n, dtype=a.dtype, device=a.device))
+        # one n x n buffer besides A: A + lam I, factored in place in column-major order
+        # (the transposed view of a symmetric matrix), solved by LAPACK potrs through scipy
+        # on the CPU, which reads that buffer without the copy torch.cholesky_solve makes
+        chol = a.clone().mT
+        chol.diagonal().add_(lam)
+        info = torch.empty((), dtype=torch.int32, device=a.device)
+        torch.linalg.cholesky_ex(chol, out=(chol, info))
         if int(info) == 0:
+            if chol.device.type == "cpu":
+                return torch.from_numpy(scipy.linalg.cho_solve((chol.numpy(), True), b.numpy(), check_finite=False))
             return torch.cholesky_solve(b, chol)
+        del chol
     s, v = torch.linalg.eigh(a)
     keep = s > n * EPS64 * float(s.abs().max())
     v = v[:, keep]
@@ -152,6 +162,7 @@ class RidgeStatistics:
         self.dim = dim
         self.reorth_ratio = reorth_ratio
         self.blocks: list[torch.Tensor] | None = []
+        self.samples = 0
         self.core = torch.zeros(0, 0, dtype=torch.float64, device=device)
         self.coords = torch.zeros(0, num_classes, dtype=torch.float64, device=device)
 
@@ -167,13 +178,14 @@ class RidgeStatistics:
         """``x - Q b`` block by block, in place."""
         row = 0
         for q in self.blocks:
-            x -= q @ b[row : row + q.shape[1]]
+            x.addmm_(q, b[row : row + q.shape[1]], alpha=-1.0)
             row += q.shape[1]
         return x
 
     def add(self, h: torch.Tensor, y: torch.Tensor) -> None:
         """Accumulate samples ``h`` (n x M) with one-hot targets ``y`` (n x C)."""
         y = y.to(self.coords.device, torch.float64)
+        self.samples += int(h.shape[0])
         if self.blocks is not None and self.rank + h.shape[0] > self.dim // 2:
             self.to_full()
         if self.blocks is None:
@@ -181,23 +193,25 @@ class RidgeStatistics:
             self.core += h.T @ h
             self.coords += h.T @ y
             return
-        ht = h.T.double().contiguous()
-        b = self._project(ht)
-        p = self._subtract(ht.clone(), b)
-        if self.blocks and bool((p.norm(dim=0) < self.reorth_ratio * ht.norm(dim=0)).any()):
+        p = h.T.double().contiguous()  # becomes the residual, in place
+        norms = p.norm(dim=0)
+        b = self._project(p)
+        self._subtract(p, b)
+        if self.blocks and bool((p.norm(dim=0) < self.reorth_ratio * norms).any()):
             b2 = self._project(p)
-            p = self._subtract(p, b2)
-            b = b + b2
-        del ht
+            self._subtract(p, b2)
+            b += b2
         q, rp = torch.linalg.qr(p)
+        del p
         z = torch.cat([b, rp])
         r, k = self.rank, q.shape[1]
         core = torch.zeros(r + k, r + k, dtype=torch.float64, device=q.device)
         core[:r, :r] = self.core
-        core += z @ z.T
+        self.core = None  # free the old core before the update
+        core.addmm_(z, z.T)
         coords = torch.zeros(r + k, y.shape[1], dtype=torch.float64, device=q.device)
         coords[:r] = self.coords
-        coords += z @ y
+        coords.addmm_(z, y)
         self.core, self.coords = core, coords
         self.blocks.append(q)
 
@@ -242,12 +256,14 @@ class RidgeStatistics:
         return int(sum(t.numel() * t.element_size() for t in tensors))
 
     def state(self) -> dict:
-        """What a checkpoint needs (range form: the basis blocks, never modified in place)."""
+        """Everything, for ``checkpoint_statistics: true`` (range form: the basis blocks,
+        never modified in place)."""
         if self.blocks is None:  # the full G is updated in place
-            return {"blocks": None, "core": self.core.clone(), "coords": self.coords.clone()}
-        return {"blocks": list(self.blocks), "core": self.core, "coords": self.coords}
+            return {"blocks": None, "core": self.core.clone(), "coords": self.coords.clone(), "samples": self.samples}
+        return {"blocks": list(self.blocks), "core": self.core, "coords": self.coords, "samples": self.samples}
 
     def load(self, state: dict, device: torch.device) -> None:
+        self.samples = int(state["samples"])
         blocks = state["blocks"]
         self.blocks = None if blocks is None else [q.to(device) for q in blocks]
         self.core = state["core"].to(device)
@@ -275,6 +291,11 @@ class RanPACParams:
     )
     random_projection: bool = doc(
         "h = relu(f W_rand) (RanPAC); false = h = f, no projection nor ReLU (ablation)", default=True
+    )
+    checkpoint_statistics: bool = doc(
+        "save G and C in each checkpoint (8 M min(N, M/2) bytes); false = a resume rebuilds them, bit for bit, "
+        "from the finished tasks' features",
+        default=False,
     )
 
     def validate(self) -> None:
@@ -310,19 +331,30 @@ class RanPAC(Learner):
         self.ridge = float("nan")
         self.ridge_history: list[float] = []
         self.ridge_mse: list[list[float]] = []
+        self._pending_samples: int | None = None  # set by a load without statistics until restore_tasks
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """``h(x) = relu(f(x) W_rand)`` (identity when projection_dim is 0)."""
         features = features.to(self.device, torch.float32)
         return features if self.w_rand is None else F.relu(features @ self.w_rand)
 
-    def fit(self, task: Task) -> None:
+    def accumulate(self, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add ``task``'s projected training features to G and C (eq. 3-4); returns them."""
         feats, labels = self.features_and_labels(task.train)
         h = self.project(feats)
         y = F.one_hot(labels.to(self.device), self.ctx.num_classes).double()
         if not self.params.accumulate:
             self.stats = RidgeStatistics(self.stats.dim, self.ctx.num_classes, self.device)
         self.stats.add(h, y)
+        return h, y
+
+    def fit(self, task: Task) -> None:
+        if self._pending_samples is not None:
+            raise RuntimeError(
+                f"{self.name} was restored from a checkpoint without its statistics: call "
+                f"restore_tasks(finished tasks) before fit (the runner does), or set checkpoint_statistics: true"
+            )
+        h, y = self.accumulate(task)
         if self.params.ridge is None:
             order = torch.randperm(len(h), generator=self.generator).to(self.device)
             losses = ridge_losses(h[order], y[order][:, : self.seen_classes])
@@ -337,11 +369,37 @@ class RanPAC(Learner):
         return self.project(features) @ self.weights[:, : self.seen_classes]
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "ridge_statistics": self.stats.state()}
+        """The ridge weights and lambdas always; G and C only with ``checkpoint_statistics``
+        (otherwise :meth:`restore_tasks` rebuilds them with the very operations that built
+        them, so a resumed run continues bit for bit, and a checkpoint is a few MB instead of
+        ``8 M min(N, M/2)`` bytes)."""
+        state = {**super().state_dict(), "samples_seen": self.stats.samples}
+        if self.params.checkpoint_statistics:
+            state["ridge_statistics"] = self.stats.state()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.stats.load(state["ridge_statistics"], self.device)
+        self.stats = RidgeStatistics(self.stats.dim, self.ctx.num_classes, self.device)
+        if "ridge_statistics" in state:
+            self.stats.load(state["ridge_statistics"], self.device)
+            self._pending_samples = None
+        else:
+            self._pending_samples = int(state["samples_seen"])
+
+    def restore_tasks(self, tasks: list[Task]) -> None:
+        """After a resume without saved statistics: G and C again from the finished tasks'
+        training features (the last task only when ``accumulate`` is off)."""
+        if self._pending_samples is None:
+            return
+        for task in tasks if self.params.accumulate else tasks[-1:]:
+            self.accumulate(task)
+        if self.stats.samples != self._pending_samples:
+            raise RuntimeError(
+                f"{self.name}: the finished tasks hold {self.stats.samples} training samples but the checkpoint "
+                f"was written after {self._pending_samples}; the data changed since, so the run cannot resume"
+            )
+        self._pending_samples = None
 
     def describe(self) -> dict:
         return {
