@@ -138,3 +138,31 @@ def test_without_alignment_the_predicting_heads_are_the_trained_ones():
     learner = slca(align=False)
     learn(learner, tasks[:2])
     assert all(torch.equal(v, learner.head.state_dict()[k]) for k, v in learner.aligned.state_dict().items())
+
+
+@pytest.mark.parametrize("method", ["slca", "aper_adapter", "ranpac_petl"])
+def test_a_nan_loss_stops_training_with_method_task_and_step(method):
+    from retaincl.methods.base import DivergenceError
+
+    tasks = random_tasks()
+    learner = slca() if method == "slca" else make_learner(method, **({"projection_dim": 16} if "ranpac" in method else {}))
+    learner.backbone.register_forward_hook(lambda module, inputs, output: output * float("nan"))
+    learner.begin_task(tasks[0])
+    with pytest.raises(DivergenceError, match=r"task 0 at step 0"):
+        learner.fit(tasks[0])
+
+
+def test_a_nan_alignment_loss_stops_with_the_task():
+    from retaincl.methods.base import DivergenceError
+
+    tasks = random_tasks()
+    learner = slca()
+    learn(learner, tasks[:1])
+    learner.means[:2] = float("nan")
+    learner.covs[:2] = torch.eye(learner.covs.shape[1])
+    learner.begin_task(tasks[1])
+    learner.train_slow(tasks[1])
+    learner.store_statistics(tasks[1])
+    learner.aligned = learner.head
+    with pytest.raises(DivergenceError, match=r"task 1 at step 0"):
+        learner.align(1)
