@@ -276,6 +276,7 @@ def run_method(session: Session, method: str, resume: bool = True, progress: boo
             "rebuilt_entries": stats.rebuilt_entries,
         },
         "peak_memory_mb": peak_memory_mb(session.device),
+        "checkpoint_bytes": ckpt_path.stat().st_size if ckpt_path.exists() else None,
         "resumed_from_task": resumed_from,
         "environment": environment(session.device),
         "results_path": str(results_path),
