@@ -1,8 +1,10 @@
 """Loss-aware reservoir sampling (LARS): the memory SNCL keeps.
 
-SNCL (Yan et al., CVPR 2022) maintains its buffer with a loss-aware reservoir, the
-LARS of Buzzega, Boschini, Porrello and Calderara ("Rethinking Experience Replay: a Bag
-of Tricks for Continual Learning", ICPR 2020). The rule, as the LARS authors implement
+SNCL (Yan et al., CVPR 2022) maintains its buffer with "a loss-aware reservoir-sampling
+strategy". The published rule of that name is LARS (Buzzega, Boschini, Porrello and
+Calderara, "Rethinking Experience Replay: a Bag of Tricks for Continual Learning", ICPR
+2020), and it is what this memory implements (SNCL's own text could not be read here to
+check for changes; docs/sncl.md). The rule, as the LARS authors implement
 it (``LARSSampling`` in ``aimagelab/mammoth``, ``utils/buffer.py``; checked there,
 written here independently):
 

@@ -2,7 +2,17 @@
 Shi, "Learning Bayesian Sparse Networks with Full Experience Replay for Continual
 Learning", CVPR 2022, arXiv 2202.10203).
 
-Three parts, each with a config switch (the ablations of the paper's Sec. 4):
+Source. No official code is public, and the tools of this project reached only the
+paper's abstract and bibliographic record, not its full text; the three parts below
+are what the abstract states ("variational Bayesian sparsity priors on the activations
+of the neurons in all layers", "Full Experience Replay", "a loss-aware
+reservoir-sampling strategy", "agnostic as to the network structures and the task
+boundaries"), and the mathematics is derived here from those statements and the
+sparse-Bayesian-learning model they name (:mod:`.prior`). No equation or section
+number of the paper is cited because none could be checked; docs/sncl.md lists what
+should be compared with the full text.
+
+Three parts, each with a config switch for its ablation:
 
 1. A variational Bayesian sparsity prior on the activations of every layer
    (:mod:`.prior`): zero-mean Gaussian prior with a per-unit variance hyperparameter
@@ -13,8 +23,9 @@ Three parts, each with a config switch (the ablations of the paper's Sec. 4):
    and the activations of every layer; replayed samples contribute
    ``replay_ce * CE + alpha * ||z(x) - z_stored||^2 + beta * sum_l ||h_l(x) - h_l,stored||^2``.
    ``alpha`` (logit replay) and ``beta`` (activation replay) are the ablation weights.
-3. Loss-aware reservoir sampling (:mod:`retaincl.memory.loss_aware`, the LARS of
-   Buzzega et al. 2020 that SNCL adopts): Algorithm R decides whether a sample enters,
+3. Loss-aware reservoir sampling (:mod:`retaincl.memory.loss_aware`: the published
+   loss-aware reservoir rule, LARS of Buzzega et al. 2020, read as SNCL's strategy):
+   Algorithm R decides whether a sample enters,
    the victim is drawn by loss, and the loss of a replayed sample is refreshed each
    time it is replayed. ``loss_aware: false`` is plain reservoir sampling.
 
@@ -36,7 +47,7 @@ protocol of the configs), the memory capacity read per task when ``memory_budget
 ``per_task``/``per_class`` (``total``, the default, never changes it), and, in
 task-incremental streams only, logits masked to each sample's task.
 
-The paper leaves these open (no official code is public); what is done here and why:
+Details the sources above leave open; what is done here and why:
 
 - The posterior mean of a layer is its deterministic output for its sampled input; its
   variance is one learned ``log sigma^2`` per unit (``posterior_log_var`` at the start),
@@ -45,7 +56,8 @@ The paper leaves these open (no official code is public); what is done here and 
 - ``gamma`` persists as a running M-step over current and replayed batches
   (``gamma_rate``, ``gamma_min``; see :mod:`.prior`).
 - The KL is summed over units and layers and averaged over the samples of the step:
-  the bound per sample, weighted by ``sparsity`` as the paper weights its prior term.
+  the bound per sample, weighted by ``sparsity`` (a tempered bound: ``sparsity = 1`` is
+  the exact evidence bound, far stronger than what keeps the tasks learnable here).
 - Stored logits and activations are those of the training forward pass in which the
   sample was a training sample (as DER++ stores logits); activations are the posterior
   means. Convolutional maps are stored average-pooled to ``act_pool x act_pool``
@@ -54,8 +66,7 @@ The paper leaves these open (no official code is public); what is done here and 
 - One replay batch serves all three replay terms (DER++ draws two); the squared errors
   are averaged (``mse_loss``) per layer and summed over layers.
 - The score of the loss-aware memory is the per-sample cross-entropy of the step.
-- Loss weights: the paper tunes them per benchmark and does not print them in the
-  text this implementation was written from; the defaults are DER++'s MNIST weights
+- Loss weights: the paper's per-benchmark weights were not available; the defaults are DER++'s MNIST weights
   for the shared terms (``alpha`` 0.2, ``replay_ce`` 1.0: ``configs/replay``) and, for
   ``sparsity`` and ``beta``, values chosen on the scikit-learn ``digits`` stream (never
   on the MNIST test data; ``docs/sncl.md``).

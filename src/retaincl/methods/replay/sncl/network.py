@@ -1,7 +1,7 @@
 """SNCL's view of the family's network: every layer whose activations carry the prior.
 
 SNCL puts its prior on "the activations of the neurons in all layers" and replays them
-(Sec. 3), so it needs the network layer by layer, with a place between layers to draw
+(the paper's abstract), so it needs the network layer by layer, with a place between layers to draw
 the posterior sample. :func:`layer_stack` reads that off the
 :class:`~retaincl.methods.replay.network.ContinualNet` the family trains, without copying
 a weight: the stack *is* the network (same modules), so the deterministic pass

@@ -1,7 +1,9 @@
 """SNCL's variational Bayesian sparsity prior on the activations of every layer.
 
-The model (SNCL, Sec. 3, "Bayesian sparse networks"; derived in full here because the
-paper gives the construction, not code): the activation ``h_{l,i}`` of unit ``i`` of
+The model (SNCL's "variational Bayesian sparsity priors on the activations of the
+neurons in all layers", derived in full here from that statement and the sparse
+Bayesian learning model it names; the paper's own equations could not be read, see
+:mod:`.learner`): the activation ``h_{l,i}`` of unit ``i`` of
 layer ``l`` has a zero-mean Gaussian prior whose variance is a hyperparameter of that
 unit, shared by every sample of every task,
 
