@@ -166,23 +166,28 @@ def markdown(table: dict, seeds: list[int]) -> str:
 
 
 def select(seeds: list[int], output: str, threads: int) -> str:
-    """Full SNCL over sparsity x beta on the validation stream."""
+    """Full SNCL over sparsity x beta on the validation stream (and, at two of the
+    settings, with plain reservoir sampling instead of LARS)."""
     register_validation_source()
-    grid = list(itertools.product([0.0, 1e-4, 3e-4, 1e-3], [0.0, 0.5, 2.0]))
-    acc: dict[tuple[float, float], list[float]] = {}
+    grid = [(s, b, True) for s, b in itertools.product([0.0, 1e-4, 3e-4, 1e-3], [0.0, 0.5, 2.0])]
+    grid += [(1e-4, 0.5, False), (3e-4, 0.5, False)]
+    acc: dict[tuple[float, float, bool], list[float]] = {}
     for seed in seeds:
         base = load_config(str(ROOT / STREAMS["split"][1]), [
             f"seed={seed}", f"output_dir={output}", "quiet=true", f"threads={threads}", "data.source=mnist5k_validation"])
         session = Session.create(base)
-        for sparsity, beta in grid:
-            sets = [f"methods.sncl.sparsity={sparsity}", f"methods.sncl.beta={beta}", "data.source=mnist5k_validation"]
-            cfg = load_config(str(ROOT / STREAMS["split"][1]), [*sets, *session_sets(session), f"name=select-s{sparsity}-b{beta}-seed{seed}"])
+        for sparsity, beta, lars in grid:
+            sets = [f"methods.sncl.sparsity={sparsity}", f"methods.sncl.beta={beta}", f"methods.sncl.loss_aware={str(lars).lower()}",
+                    "data.source=mnist5k_validation"]
+            tag = f"select-s{sparsity}-b{beta}-lars{int(lars)}-seed{seed}"
+            cfg = load_config(str(ROOT / STREAMS["split"][1]), [*sets, *session_sets(session), f"name={tag}"])
             variant = dataclasses.replace(session, cfg=dataclasses.replace(cfg, method=["sncl"]))
             res = run_method(variant, "sncl", resume=False, progress=False)
-            acc.setdefault((sparsity, beta), []).append(res["metrics"]["last_accuracy"])
-            print(f"[select seed {seed}] sparsity {sparsity:g} beta {beta:g}: {res['metrics']['last_accuracy']:.3f}", file=sys.stderr, flush=True)
-    lines = ["| sparsity | beta | validation accuracy (%) |", "|---|---|---|"]
-    lines += [f"| {s:g} | {b:g} | {mean_sd(v)} |" for (s, b), v in acc.items()]
+            acc.setdefault((sparsity, beta, lars), []).append(res["metrics"]["last_accuracy"])
+            print(f"[select seed {seed}] sparsity {sparsity:g} beta {beta:g} loss_aware {lars}: "
+                  f"{res['metrics']['last_accuracy']:.3f}", file=sys.stderr, flush=True)
+    lines = ["| sparsity | beta | loss_aware | validation accuracy (%) |", "|---|---|---|---|"]
+    lines += [f"| {s:g} | {b:g} | {str(la).lower()} | {mean_sd(v)} |" for (s, b, la), v in acc.items()]
     return "\n".join(lines)
 
 
