@@ -66,6 +66,7 @@ class Session:
         device = resolve_device(cfg.device)
         source = load_source(cfg.data)
         stream = build_stream(cfg.scenario, source)
+        check_methods(cfg, stream)
         seed_everything(cfg.seed)  # randomly initialised backbones (mlp, pretrained=false) follow the run seed
         backbone = build_backbone(cfg.backbone, cfg.transform).to(device).eval()
         backbone.requires_grad_(False)
@@ -112,6 +113,24 @@ def check_transform(cfg: ExperimentConfig, source: Any) -> None:
         )
 
 
+def check_method(cls: type[Learner], method: str, params: Any, stream: Stream) -> None:
+    """What a method declares it supports, and its own stream check, against ``stream``."""
+    if stream.kind not in cls.supported_scenarios:
+        raise RunError(
+            f"method {method!r} supports {', '.join(cls.supported_scenarios)}-incremental "
+            f"scenarios, not {stream.kind!r}; change scenario.kind"
+        )
+    if cls.needs_task_id and not stream.task_id_at_test:
+        raise RunError(f"method {method!r} needs the task id at test time: use scenario.kind=task")
+    cls.check_stream(params, stream)
+
+
+def check_methods(cfg: ExperimentConfig, stream: Stream) -> None:
+    """Every configured method against the stream, before any of them runs."""
+    for method in cfg.method_names:
+        check_method(METHODS.get(method), method, method_params(method, cfg.methods.get(method)), stream)
+
+
 def config_hash(cfg: ExperimentConfig, method: str) -> str:
     tree = to_dict(cfg)
     for key in ("quiet", "method", "cache", "output_dir", "eval", "threads"):  # do not change the numbers
@@ -137,13 +156,7 @@ def build_learner(session: Session, method: str) -> Learner:
     cls = METHODS.get(method)
     params = method_params(method, session.cfg.methods.get(method))
     kind = session.stream.kind
-    if kind not in cls.supported_scenarios:
-        raise RunError(
-            f"method {method!r} supports {', '.join(cls.supported_scenarios)}-incremental "
-            f"scenarios, not {kind!r}; change scenario.kind"
-        )
-    if cls.needs_task_id and not session.stream.task_id_at_test:
-        raise RunError(f"method {method!r} needs the task id at test time: use scenario.kind=task")
+    check_method(cls, method, params, session.stream)
     seed_everything(session.cfg.seed)
     backbone = session.backbone
     if not cls.frozen_backbone or getattr(params, "train_backbone", False):

@@ -83,6 +83,13 @@ class Learner:
         self.tasks_done = 0
         self.generator = torch.Generator().manual_seed(ctx.seed)
 
+    @classmethod
+    def check_stream(cls, params: Any, stream: Any) -> None:
+        """Refuse a stream this configuration cannot learn (e.g. fewer prompts than
+        tasks) by raising :class:`~retaincl.config.ConfigError` naming the key. The
+        runner calls it for every configured method when the session is created, before
+        anything trains; the base accepts every stream."""
+
     # ------------------------------------------------------------------ the protocol
 
     def begin_task(self, task: Task) -> None:
