@@ -83,7 +83,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(summary_table(results))
     if args.matrix:
         for r in results:
-            print(f"\n{r['method']} ({r['stream']['description']})")
+            print(f"\n{r['method']} ({r.get('stream', {}).get('description', '?')})")
             print(matrix_table(r))
     return 0
 
@@ -102,7 +102,18 @@ def cmd_config(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="retaincl", description="Continual learning with pre-trained models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the traceback")
+    # --debug also after the subcommand; SUPPRESS keeps the subparser from resetting it to False
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="on an error, show the traceback")
     sub = parser.add_subparsers(dest="command")
+    add_parser = sub.add_parser
+
+    def add_with_common(*a, **kw):  # every subcommand takes --debug
+        kw.setdefault("parents", []).append(common)
+        return add_parser(*a, **kw)
+
+    sub.add_parser = add_with_common  # type: ignore[method-assign]
 
     run = sub.add_parser("run", help="run a config (default: the embedded mnist5k benchmark)")
     run.add_argument("config", nargs="?", help="YAML config file (default: the embedded default)")
@@ -131,6 +142,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors a user causes (a config value, a file, a diverged run): one line, exit 2."""
+    from retaincl.backbones.base import BackboneError
+    from retaincl.data.sources import DataSourceError
+    from retaincl.engine.checkpoint import CheckpointError
+    from retaincl.engine.runner import RunError
+    from retaincl.evaluation.report import ReportError
+    from retaincl.methods.base import DivergenceError
+
+    return (
+        ConfigError, KeyError, FileNotFoundError, BackboneError, DataSourceError, RunError,
+        CheckpointError, ReportError, DivergenceError,
+    )
+
+
+def one_line(err: BaseException) -> str:
+    msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    return " ".join(str(msg).split()) or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -142,19 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `retaincl config | head`
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep Python quiet at exit
         return 0
-    except (ConfigError, KeyError, FileNotFoundError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"retaincl: error: {msg}", file=sys.stderr)
+    except Exception as err:
+        if args.debug or not isinstance(err, user_errors()):
+            raise
+        print(f"retaincl: error: {one_line(err)} (--debug shows the traceback)", file=sys.stderr)
         return 2
-    except RuntimeError as err:
-        from retaincl.backbones.base import BackboneError
-        from retaincl.data.sources import DataSourceError
-        from retaincl.engine.runner import RunError
-
-        if isinstance(err, (BackboneError, DataSourceError, RunError)):
-            print(f"retaincl: error: {err}", file=sys.stderr)
-            return 2
-        raise
 
 
 if __name__ == "__main__":
