@@ -37,7 +37,7 @@ from retaincl.engine.environment import (
 )
 from retaincl.engine.files import atomic_write_json
 from retaincl.evaluation.metrics import summarize
-from retaincl.methods.base import Learner, LearnerContext
+from retaincl.methods.base import DivergenceError, Learner, LearnerContext
 from retaincl.registry import METHODS
 
 log = logging.getLogger(__name__)
@@ -139,9 +139,28 @@ def config_hash(cfg: ExperimentConfig, method: str) -> str:
     return hashlib.sha256(json.dumps([tree, method], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def stop_if_diverged(learner: Learner, task_index: int, cause: BaseException | None = None) -> None:
+    """Raise :class:`DivergenceError` when the learned state holds NaN or infinity after
+    a task: the net under every method, whether or not its loop checks its loss."""
+    bad = learner.nonfinite_state()
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        why = f" ({type(cause).__name__} while training)" if cause is not None else ""
+        raise DivergenceError(
+            f"{learner.name}: after task {task_index} the learned state holds NaN or infinite values "
+            f"({', '.join(bad[:3])}{more}){why}; the run diverged. Lower methods.{learner.name}.lr "
+            f"(or the method's loss weights) and run again"
+        ) from cause
+
+
 def evaluate_task(learner: Learner, task: Task, stream: Stream) -> tuple[int, int]:
     """(correct, total) of ``learner`` on ``task``'s test data; labels never leave here."""
     logits = learner.predict_logits(task.test.inputs())
+    if bool(torch.isnan(logits).any()):
+        raise DivergenceError(
+            f"{learner.name}: NaN predictions on the test data of task {task.index} (after "
+            f"{learner.tasks_done} task(s)); the run diverged. Lower methods.{learner.name}.lr and run again"
+        )
     targets = torch.as_tensor(task.test.targets)
     if stream.task_id_at_test:
         mask = torch.full((logits.shape[1],), float("-inf"))
@@ -231,8 +250,15 @@ def run_method(session: Session, method: str, resume: bool = True, progress: boo
         if i == 0 and stream.fixed_label_space and initial is None:
             res = timed("evaluation", evaluate_row, T)[0]
             initial = [c / n for c, n in res]
-        (_, t_fit, x_fit) = timed("fit", learner.fit, task)
-        (_, t_end, x_end) = timed("fit", learner.end_task, task)
+        try:
+            (_, t_fit, x_fit) = timed("fit", learner.fit, task)
+            (_, t_end, x_end) = timed("fit", learner.end_task, task)
+        except DivergenceError:
+            raise
+        except Exception as err:  # e.g. a solver failing on NaN: report the divergence, not the symptom
+            stop_if_diverged(learner, i, err)
+            raise
+        stop_if_diverged(learner, i)
         res, t_eval, x_eval = timed("evaluation", evaluate_row, T if stream.fixed_label_space else i + 1)
         for j, (c, n) in enumerate(res):
             correct[i, j] = c
