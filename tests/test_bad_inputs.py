@@ -109,3 +109,51 @@ def test_report_reads_a_real_results_file(base_args, tmp_path, capsys):
     assert json.loads(path.read_text())["method"] == "simplecil"
     assert main(["report", str(tmp_path / "runs")]) == 0
     assert "simplecil" in capsys.readouterr().out
+
+
+def image_folder(root, bad: dict[str, bytes] | None = None):
+    import numpy as np
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for c, cls in enumerate(("cat", "dog")):
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for k in range(3):
+                Image.fromarray(np.full((12, 10, 3), 60 * c + 20 * k, np.uint8)).save(d / f"{k}.png")
+    for rel, data in (bad or {}).items():
+        (root / rel).write_bytes(data)
+    return root
+
+
+def folder_args(base_args, root, *sets):
+    return base_args(
+        "data.source=image_folder", f"data.root={root}", "data.image_size=16", "scenario.base=1",
+        "scenario.increment=1", "cache.enabled=false", *sets,
+    )
+
+
+@pytest.mark.parametrize("bad", ["train/dog/x.png", "test/cat/y.jpg"])
+def test_a_bad_image_stops_the_run_naming_it_or_is_skipped_and_listed(base_args, capsys, tmp_path, bad):
+    root = image_folder(tmp_path / "imgs", {bad: b"GIF89a not really"})
+    assert main(folder_args(base_args, root)) == 2
+    line = one_line_error(capsys)
+    assert bad.split("/")[-1] in line and "--skip-bad-images" in line
+    assert main([*folder_args(base_args, root, "name=skip"), "--skip-bad-images"]) == 0
+    res = json.loads((tmp_path / "runs" / "skip" / "simplecil" / "results.json").read_text())
+    assert [s["path"] for s in res["data"]["skipped_images"]] == [str(root / bad)]
+    assert res["config"]["data"]["skip_bad_images"] is True
+
+
+def test_a_truncated_image_found_when_decoded_is_one_line(base_args, capsys, tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(buf, "PNG")
+    root = image_folder(tmp_path / "imgs", {"train/cat/cut.png": buf.getvalue()[:300]})
+    assert main(folder_args(base_args, root)) == 2
+    line = one_line_error(capsys)
+    assert "cut.png" in line and "--skip-bad-images" in line

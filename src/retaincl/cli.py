@@ -35,6 +35,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.append("quiet=true")
     if args.no_cache:
         overrides.append("cache.enabled=false")
+    if args.skip_bad_images:
+        overrides.append("data.skip_bad_images=true")
     if args.method:
         overrides.append(f"method=[{','.join(args.method)}]")
     cfg = load_config(path, overrides)
@@ -56,6 +58,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"forgetting and BWT in points.\nfeatures extracted: {stats.extracted_samples} samples "
         f"in {stats.extraction_seconds:.1f}s; read from cache: {stats.loaded_samples}."
     )
+    if session.skipped_images:
+        print(f"left out {len(session.skipped_images)} unreadable image file(s); the results list them")
     for res in results:
         print(f"results: {res['results_path']}")
     return 0
@@ -121,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--method", action="append", help="run this method (repeatable); overrides the config's")
     run.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
     run.add_argument("--no-cache", action="store_true", help="bypass the feature cache")
+    run.add_argument(
+        "--skip-bad-images", action="store_true",
+        help="image folders: leave out unreadable image files (listed in the results) instead of stopping",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--matrix", action="store_true", help="also print each method's accuracy matrix")
     run.set_defaults(func=cmd_run)

@@ -127,6 +127,11 @@ class DataConfig:
     root: str | None = doc("folder holding downloaded data (cifar100, image_folder)", default=None)
     image_size: int = doc("side in pixels that folder images are resized to on load", default=224)
     download: bool = doc("let torchvision sources download when online", default=False)
+    skip_bad_images: bool = doc(
+        "image folders: leave out files that cannot be read as images (each is decoded once "
+        "on load and listed in the results) instead of stopping with an error naming the first",
+        default=False,
+    )
 
 
 @dataclass

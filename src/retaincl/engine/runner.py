@@ -57,6 +57,7 @@ class Session:
     features: FeatureStore
     device: torch.device
     setup_seconds: float = 0.0
+    skipped_images: list[dict[str, str]] = field(default_factory=list)
 
     @classmethod
     def create(cls, cfg: ExperimentConfig) -> Session:
@@ -73,7 +74,7 @@ class Session:
         check_transform(cfg, source)
         cache_dir = cfg.cache.dir if cfg.cache.enabled else None
         features = FeatureStore(backbone, device, cache_dir, cfg.eval.batch_size, cfg.quiet)
-        return cls(cfg, stream, backbone, features, device, time.perf_counter() - start)
+        return cls(cfg, stream, backbone, features, device, time.perf_counter() - start, source.skipped_images)
 
     def run_name(self) -> str:
         c = self.cfg
@@ -298,6 +299,7 @@ def run_method(session: Session, method: str, resume: bool = True, progress: boo
             "tasks": [{"classes": t.classes, "domain": t.domain, "train_size": len(t.train), "test_size": len(t.test)} for t in stream.tasks],
             "task_id_at_test": stream.task_id_at_test,
         },
+        "data": {"skipped_images": session.skipped_images},
         "accuracy_matrix": R.tolist(),
         "correct_matrix": correct.tolist(),
         "test_sizes": sizes,
