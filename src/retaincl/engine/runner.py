@@ -311,7 +311,8 @@ def run_method(session: Session, method: str, resume: bool = True, progress: boo
             "per_task": per_task,
         },
         "feature_cache": {
-            "enabled": cfg.cache.enabled,
+            "enabled": cfg.cache.enabled and session.features.disabled_reason is None,
+            "disabled_reason": session.features.disabled_reason,
             "extracted_samples": stats.extracted_samples - extracted_before,
             "loaded_samples_this_session": stats.loaded_samples,
             "rebuilt_entries": stats.rebuilt_entries,
