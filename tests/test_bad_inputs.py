@@ -74,6 +74,7 @@ def test_corrupt_checkpoint_is_one_line(base_args, capsys, tmp_path):
     capsys.readouterr()
     ckpt = tmp_path / "runs" / "r" / "simplecil" / "checkpoint.pt"
     ckpt.write_bytes(b"not a checkpoint")
+    (ckpt.parent / "results.json").unlink()  # as if it had crashed before finishing
     assert main(base_args("name=r")) == 2
     line = one_line_error(capsys)
     assert "checkpoint.pt" in line and "--fresh" in line

@@ -45,7 +45,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     say(f"retaincl: {session.stream.description}; backbone {cfg.backbone.name} ({session.device})")
     results = []
     for name in cfg.method_names:
-        res = run_method(session, name, resume=not args.fresh)
+        res = run_method(session, name, resume=not args.fresh, overwrite=args.overwrite)
+        if res.get("reused"):
+            say(f"{name}: finished earlier with this config; its results are reused (--fresh runs it again)")
         results.append(res)
         if args.matrix and not cfg.quiet:
             print(f"\n{name}: accuracy matrix R[i][j] (%), row = after task i, column = task j")
@@ -123,7 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", help="YAML config file (default: the embedded default)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     run.add_argument("--method", action="append", help="run this method (repeatable); overrides the config's")
-    run.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
+    run.add_argument(
+        "--fresh", action="store_true",
+        help="run every method again from the start, ignoring this config's finished results and checkpoints",
+    )
+    run.add_argument(
+        "--overwrite", action="store_true",
+        help="replace results and checkpoints of another config that share this run's folder",
+    )
     run.add_argument("--no-cache", action="store_true", help="bypass the feature cache")
     run.add_argument(
         "--skip-bad-images", action="store_true",

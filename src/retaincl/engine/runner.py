@@ -13,6 +13,7 @@ import copy
 import hashlib
 import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from retaincl.engine.environment import (
     seed_everything,
     set_rng_state,
 )
-from retaincl.engine.files import atomic_write_json
+from retaincl.engine.files import atomic_write_json, remove_stale_temp_files
 from retaincl.evaluation.metrics import summarize
 from retaincl.methods.base import DivergenceError, Learner, LearnerContext
 from retaincl.registry import METHODS
@@ -62,6 +63,7 @@ class Session:
     @classmethod
     def create(cls, cfg: ExperimentConfig) -> Session:
         start = time.perf_counter()
+        check_output_dir(cfg.output_dir)
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         device = resolve_device(cfg.device)
@@ -132,12 +134,71 @@ def check_methods(cfg: ExperimentConfig, stream: Stream) -> None:
         check_method(METHODS.get(method), method, method_params(method, cfg.methods.get(method)), stream)
 
 
-def config_hash(cfg: ExperimentConfig, method: str) -> str:
+#: Config keys that do not change the numbers: left out of the config hash.
+UNHASHED_KEYS = ("quiet", "method", "cache", "output_dir", "eval", "threads")
+
+
+def hashed_config(cfg: ExperimentConfig, method: str) -> dict[str, Any]:
+    """The part of the config that decides ``method``'s numbers: every section but
+    :data:`UNHASHED_KEYS`, and this method's hyperparameters with their defaults filled
+    in (so that a changed default is a changed config)."""
     tree = to_dict(cfg)
-    for key in ("quiet", "method", "cache", "output_dir", "eval", "threads"):  # do not change the numbers
+    for key in UNHASHED_KEYS:
         tree.pop(key, None)
-    tree["methods"] = {method: tree["methods"].get(method, {})}
+    tree["methods"] = {method: to_dict(method_params(method, cfg.methods.get(method)))}
+    return tree
+
+
+def config_hash(cfg: ExperimentConfig, method: str) -> str:
+    tree = hashed_config(cfg, method)
     return hashlib.sha256(json.dumps([tree, method], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def config_differences(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
+    """'key: old -> new' for the first keys that differ, or a note when unknown."""
+    if not isinstance(old, dict):
+        return "a config from an older version, not recorded"
+    a, b = _flatten(old), _flatten(new)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>"))
+    shown = [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys[:3]]
+    return "; ".join(shown) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "") if keys else "same values"
+
+
+def check_output_dir(path: str) -> Path:
+    """The output folder, created and checked for writability before anything trains."""
+    folder = Path(path).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe.", suffix=".tmp") as probe:
+            probe.write(b"x")
+            probe.flush()
+    except OSError as err:
+        raise RunError(
+            f"output_dir={path!r} cannot be written ({err.strerror or err}); "
+            f"choose a writable folder with --set output_dir=..."
+        ) from err
+    return folder
+
+
+def read_finished_results(path: Path) -> dict[str, Any] | None:
+    """A results file written by a finished run, or None when absent or unreadable."""
+    if not path.exists():
+        return None
+    try:
+        res = json.loads(path.read_text())
+        return res if isinstance(res, dict) else None
+    except (OSError, ValueError) as err:
+        log.warning("%s cannot be read (%s); it will be written again", path, err)
+        return None
 
 
 def stop_if_diverged(learner: Learner, task_index: int, cause: BaseException | None = None) -> None:
@@ -195,12 +256,51 @@ def build_learner(session: Session, method: str) -> Learner:
     return cls(params, ctx)
 
 
-def run_method(session: Session, method: str, resume: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Run one method over the session's stream; returns the results (also written to disk)."""
+def run_method(
+    session: Session, method: str, resume: bool = True, progress: bool = True, overwrite: bool = False
+) -> dict[str, Any]:
+    """Run one method over the session's stream; returns the results (also written to disk).
+
+    The method's folder may hold results or a checkpoint already. Those of this config
+    are reused: finished results are returned as they are (the method is not run again),
+    a checkpoint is continued at its next task; ``resume=False`` (``--fresh``) starts
+    over. Those of another config are never written over or continued unless
+    ``overwrite`` (``--overwrite``). A checkpoint is continued only with the thread count
+    it was written with, since some numbers depend on it."""
     cfg, stream = session.cfg, session.stream
-    out_dir = Path(cfg.output_dir) / session.run_name() / method
+    out_dir = Path(cfg.output_dir).expanduser() / session.run_name() / method
     ckpt_path, results_path = out_dir / "checkpoint.pt", out_dir / "results.json"
+    remove_stale_temp_files(out_dir)
     chash = config_hash(cfg, method)
+    hashed = hashed_config(cfg, method)
+    threads = torch.get_num_threads()
+
+    def refuse(what: Path, stored: dict[str, Any] | None) -> RunError:
+        return RunError(
+            f"{what} belongs to another config ({config_differences(stored, hashed)}); pass --overwrite "
+            f"to replace it, or set name=... to keep both"
+        )
+
+    finished = read_finished_results(results_path)
+    if finished is not None and finished.get("config_hash") != chash:
+        if not overwrite:
+            raise refuse(results_path, finished.get("hashed_config"))
+        results_path.unlink()
+        finished = None
+    if finished is not None and resume:
+        log.info("%s finished earlier with this config: results reused (--fresh runs it again)", method)
+        return finished | {"reused": True}
+    if finished is not None:  # --fresh: these results are being recomputed; a crash must not revive them
+        results_path.unlink()
+    ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() and resume and not overwrite else None
+    if ckpt is not None and ckpt.get("config_hash") != chash:
+        raise refuse(ckpt_path, ckpt.get("hashed_config"))
+    if ckpt is not None and ckpt.get("threads", threads) != threads:
+        n = ckpt["threads"]
+        raise RunError(
+            f"{ckpt_path} was written by a run with {n} thread(s) and this one has {threads}; some numbers "
+            f"depend on the thread count, so continue it with --set threads={n}, or pass --fresh to start over"
+        )
     learner = build_learner(session, method)
     T = len(stream)
     R = np.full((T, T), np.nan)
@@ -212,24 +312,17 @@ def run_method(session: Session, method: str, resume: bool = True, progress: boo
     stats = session.features.stats
     extracted_before = stats.extracted_samples
 
-    if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
-        if ckpt["config_hash"] != chash and not ckpt["complete"]:
-            raise RunError(
-                f"{ckpt_path} belongs to a different config; pass --fresh to start over, or set "
-                f"name=... to run this config under another name"
-            )
-        if not ckpt["complete"]:
-            learner.load_state_dict(ckpt["learner"])
-            start_task = resumed_from = int(ckpt["tasks_done"])
-            R[:] = np.asarray(ckpt["R"], dtype=float)
-            correct[:] = np.asarray(ckpt["correct"], dtype=np.int64)
-            initial = ckpt["initial"]
-            timer.totals = dict(ckpt["timings"])
-            per_task = list(ckpt["per_task"])
-            learner.restore_tasks(stream.tasks[:start_task])
-            set_rng_state(ckpt["rng"])
-            log.info("resuming %s at task %d", method, start_task)
+    if ckpt is not None:  # continue it; a complete one only writes the results again
+        learner.load_state_dict(ckpt["learner"])
+        start_task = resumed_from = int(ckpt["tasks_done"])
+        R[:] = np.asarray(ckpt["R"], dtype=float)
+        correct[:] = np.asarray(ckpt["correct"], dtype=np.int64)
+        initial = ckpt["initial"]
+        timer.totals = dict(ckpt["timings"])
+        per_task = list(ckpt["per_task"])
+        learner.restore_tasks(stream.tasks[:start_task])
+        set_rng_state(ckpt["rng"])
+        log.info("resuming %s at task %d", method, start_task)
 
     def timed(phase: str, fn, *args) -> Any:
         ex0 = stats.extraction_seconds
@@ -273,6 +366,8 @@ def run_method(session: Session, method: str, resume: bool = True, progress: boo
         bar.set_postfix(acc=f"{acc_now:.3f}")
         save_checkpoint(ckpt_path, {
             "config_hash": chash,
+            "hashed_config": hashed,
+            "threads": threads,
             "method": method,
             "tasks_done": i + 1,
             "complete": i + 1 == T,
@@ -292,6 +387,8 @@ def run_method(session: Session, method: str, resume: bool = True, progress: boo
         "method_info": learner.describe(),
         "seed": cfg.seed,
         "config": to_dict(cfg) | {"method": method},
+        "config_hash": chash,
+        "hashed_config": hashed,
         "stream": {
             "kind": stream.kind,
             "description": stream.description,
