@@ -103,3 +103,18 @@ def test_full_disk_while_saving_turns_the_cache_off(tmp_path, backbone, monkeypa
     assert feats.shape[0] == 4 and store.cache_dir is None
     assert "No space left" in store.disabled_reason
     assert any("feature cache" in r.message for r in caplog.records)
+
+
+def test_abandoned_temporary_entries_are_removed(tmp_path, backbone):
+    import socket
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    stale = cache / f".0123abcd.npy.{socket.gethostname()}.{p.pid}.x1y2z3.tmp"
+    stale.write_bytes(b"half an entry")
+    FeatureStore(backbone, torch.device("cpu"), cache, quiet=True)
+    assert not stale.exists()

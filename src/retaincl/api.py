@@ -38,7 +38,7 @@ from retaincl.data.images import ImageSet, TaskSplit
 from retaincl.data.scenarios import Task
 from retaincl.engine.checkpoint import load_checkpoint, save_checkpoint
 from retaincl.engine.environment import resolve_device, seed_everything
-from retaincl.engine.files import atomic_write_json
+from retaincl.engine.files import atomic_write_json, remove_stale_temp_files
 from retaincl.methods.base import Learner, LearnerContext
 from retaincl.registry import METHODS
 
@@ -215,6 +215,7 @@ class ContinualModel:
     def save(self, path: str | Path) -> None:
         """Write ``spec.json`` and ``state.pt`` (tensors and plain data) atomically."""
         path = Path(path)
+        remove_stale_temp_files(path)  # of an earlier save that was interrupted
         atomic_write_json(path / "spec.json", {**self.spec, "classes": self.classes_, "format": 1})
         save_checkpoint(path / "state.pt", {
             "learner": self.learner.state_dict(),

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from retaincl.backbones.base import Backbone
 from retaincl.data.images import ImageSet, InputsOnly, SplitUnion, TaskSplit
 from retaincl.data.shifts import DomainShift, Identity
-from retaincl.engine.files import atomic_write_bytes, atomic_write_text
+from retaincl.engine.files import atomic_write_bytes, atomic_write_text, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ class FeatureStore:
             probe.close()
         except OSError as err:
             self._disable(err)
+            return
+        remove_stale_temp_files(self.cache_dir)  # entries whose writing was interrupted
 
     def _disable(self, err: OSError) -> None:
         """Go on without the disk cache: it saves time, it must not stop a run."""
