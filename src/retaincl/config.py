@@ -384,8 +384,7 @@ class ConfigLoader(yaml.SafeLoader):
             if first is not key_node.start_mark:
                 raise yaml.constructor.ConstructorError(
                     None, None,
-                    f"the key {key!r} appears twice in one mapping (lines {first.line + 1} and "
-                    f"{key_node.start_mark.line + 1}); keep one",
+                    f"the key {key!r} appears twice in one mapping (first on line {first.line + 1}); keep one",
                     key_node.start_mark,
                 )
         return super().construct_mapping(node, deep=deep)

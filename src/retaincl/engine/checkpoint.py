@@ -26,8 +26,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(Path(path), map_location="cpu", weights_only=True)
     except Exception as err:
-        first = (str(err).strip().splitlines() or [""])[0][:200]
         raise CheckpointError(
-            f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}: {first}); "
-            f"delete it or pass --fresh to start the run over"
+            f"checkpoint {str(path)!r} cannot be read: it is damaged, incomplete or not a retaincl checkpoint "
+            f"({type(err).__name__}); delete it or pass --fresh to start the run over"
         ) from err
