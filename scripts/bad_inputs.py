@@ -1,6 +1,7 @@
 """Try bad inputs as a hostile user would and print what each gives (docs/bad_inputs.md).
 
     PYTHONPATH=src python scripts/bad_inputs.py > /tmp/bad_inputs_table.md
+    PYTHONPATH=src python scripts/bad_inputs.py FIFO truncated    # only the cases that name these
 
 Every case runs the real command line (``python -m retaincl ...``) in a fresh scratch
 folder, with a time limit (a hang is reported, not waited for), and the table shows the
@@ -109,6 +110,18 @@ def cases(tmp: Path) -> list[Case]:
         p.write_text(text)
         return str(p)
 
+    def interrupted(name: str):
+        """A finished one-thread run turned back into one interrupted after its first task."""
+        def make() -> None:
+            import torch
+
+            finished(name)()
+            folder = Path(out) / name / "simplecil"
+            (folder / "results.json").unlink()
+            ckpt = torch.load(folder / "checkpoint.pt", weights_only=True)
+            torch.save(ckpt | {"complete": False}, folder / "checkpoint.pt")
+        return make
+
     sixteen = tmp / "sixteen"
 
     def sixteen_bit() -> None:
@@ -154,7 +167,7 @@ def cases(tmp: Path) -> list[Case]:
         Case("config: binary bytes", ["run", str(tmp / "binary.yaml"), *sets(*base)],
              setup=lambda: (tmp / "binary.yaml").write_bytes(b"\xff\xfe\x00\x01seed")),
         Case("config: file missing", ["run", str(tmp / "nope.yaml")]),
-        Case("config: lr: 1e-3 and ridge: 1.0e9", ["run", yaml_file("exp.yaml", "method: [finetune, ranpac]\nmethods:\n  finetune: {lr: 1e-3, epochs: 2}\n  ranpac: {ridge: 1.0e9, projection_dim: 500}\n"), *sets(*[b for b in base if not b.startswith("method=")], "name=exp")]),
+        Case("config: lr: 1e-3 and ridge: 1.0e9", ["run", "--quiet", yaml_file("exp.yaml", "method: [finetune, ranpac]\nmethods:\n  finetune: {lr: 1e-3, epochs: 2}\n  ranpac: {ridge: 1.0e9, projection_dim: 500}\n"), *sets(*[b for b in base if not b.startswith("method=")], "name=exp")]),
         # ------------------------------------------------------------------ output, cache, checkpoints, results
         Case("output_dir under a regular file", run(f"output_dir={tmp / 'afile' / 'runs'}"), setup=lambda: (tmp / "afile").write_text("x")),
         Case("output_dir=/proc/retaincl (not writable)", run("output_dir=/proc/retaincl")),
@@ -166,15 +179,17 @@ def cases(tmp: Path) -> list[Case]:
         Case("another class order, same run folder", run("name=other", "scenario.class_order=[9,8,7,6,5,4,3,2,1,0]"), setup=finished("other")),
         Case("another data.root, same run folder", run("name=other2", "data.root=/elsewhere"), setup=finished("other2")),
         Case("the same with --overwrite", [*run("name=other3", "scenario.class_order=[9,8,7,6,5,4,3,2,1,0]"), "--overwrite"], setup=finished("other3")),
+        Case("resume with another thread count", run("name=thr", "threads=2"), setup=interrupted("thr")),
         Case("report: results file without keys", ["report", results_file("r1.json", '{"method": "x"}')]),
         Case("report: not JSON", ["report", results_file("r2.json", "hello")]),
         Case("report: a JSON list", ["report", results_file("r3.json", "[1, 2]")]),
         Case("report: path missing", ["report", str(tmp / "nothing")]),
-        Case("report: folder without results", ["report", str(tmp)], setup=lambda: None),
+        Case("report: folder without results", ["report", str(tmp / "empty")], setup=lambda: (tmp / "empty").mkdir()),
         # ------------------------------------------------------------------ data
         Case("data.root missing", ["run", "--quiet", *folder_sets(tmp / "absent")]),
         Case("cifar100 not downloaded", run("data.source=cifar100", f"data.root={tmp}")),
         Case("backbone.checkpoint=/nope.safetensors", run("backbone.checkpoint=/nope.safetensors")),
+        Case("backbone.name=vit_nope_patch16", run("backbone.name=vit_nope_patch16")),
         Case("class folder only in train/", ["run", "--quiet", *folder_sets(tmp / "f1")], setup=bad_folder("f1", drop=["test/dog"])),
         Case("class folder empty in test/", ["run", "--quiet", *folder_sets(tmp / "f2")],
              setup=lambda: (bad_folder("f2")(), [p.unlink() for p in (tmp / "f2" / "test" / "dog").iterdir()])),
@@ -186,11 +201,15 @@ def cases(tmp: Path) -> list[Case]:
         Case("all of the above with --skip-bad-images", ["run", "--quiet", *folder_sets(tmp / "f8"), "--skip-bad-images"],
              setup=bad_folder("f8", {"train/cat/empty.png": b"", "train/cat/notes.jpg": b"hi", "test/dog/noise.png": os.urandom(500),
                                      "train/dog/cut.png": png_bytes()[:300], "train/dog/pipe.png": None}), timeout=60),
-        Case("16-bit grayscale PNG", ["run", "--quiet", *folder_sets(sixteen)], setup=sixteen_bit),
+        Case("16-bit grayscale PNG", ["run", "--quiet", *folder_sets(sixteen, "name=sixteen")], setup=sixteen_bit),
         # ------------------------------------------------------------------ divergence
-        Case("finetune, methods.finetune.lr=1e36", run("method=finetune", "methods.finetune.lr=1e36")),
+        Case("finetune, methods.finetune.lr=1e36", run("method=finetune", "methods.finetune.lr=1e36", "name=lr36")),
         Case("finetune, methods.finetune.lr=1e30 (stays finite)", run("method=finetune", "methods.finetune.lr=1e30", "name=lr30")),
-        Case("joint, methods.joint.lr=1e36", run("method=joint", "methods.joint.lr=1e36", "methods.joint.epochs=2")),
+        Case("joint, methods.joint.lr=1e36", run("method=joint", "methods.joint.lr=1e36", "methods.joint.epochs=2", "name=j36")),
+        Case("er, methods.er.lr=1e36", run("method=er", "methods.er.lr=1e36", "methods.er.epochs=1", "name=er36")),
+        Case("finetune on the mlp backbone trained end to end, lr=1e30", run(
+            "method=finetune", "backbone.name=mlp", "backbone.image_size=8", "methods.finetune.train_backbone=true",
+            "methods.finetune.lr=1e30", "methods.finetune.backbone_lr=1e30")),
         Case("aper_adapter on the tiny ViT, lr=1e30", run(
             "method=aper_adapter", "backbone.name=vit_tiny_retain", "cache.enabled=false",
             "methods.aper_adapter.lr=1e30", "methods.aper_adapter.epochs=1"), timeout=300),
@@ -224,7 +243,10 @@ def main() -> None:
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     print("| input | exit | first line of stderr (or of stdout when it succeeds) |")
     print("|---|---|---|")
+    only = sys.argv[1:]  # substrings: run only the cases whose description holds one
     for case in cases(tmp):
+        if only and not any(o in case.what for o in only):
+            continue
         t0 = time.perf_counter()
         if case.setup:
             try:

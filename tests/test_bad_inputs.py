@@ -158,3 +158,15 @@ def test_a_truncated_image_found_when_decoded_is_one_line(base_args, capsys, tmp
     assert main(folder_args(base_args, root)) == 2
     line = one_line_error(capsys)
     assert "cut.png" in line and "--skip-bad-images" in line
+
+
+def test_a_divergence_raised_by_any_method_is_one_line(base_args, capsys, monkeypatch):
+    """Methods may raise FloatingPointError themselves (DivergenceError is one): exit 2, one line."""
+    from retaincl.registry import METHODS
+
+    def diverge(self, task):
+        raise FloatingPointError(f"{self.name}: the training loss became nan; the run diverged")
+
+    monkeypatch.setattr(METHODS.get("simplecil"), "fit", diverge)
+    assert main(base_args("name=fpe")) == 2
+    assert "diverged" in one_line_error(capsys)

@@ -170,7 +170,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
     return (
         ConfigError, KeyError, FileNotFoundError, BackboneError, DataSourceError, RunError,
-        CheckpointError, ReportError, DivergenceError,
+        CheckpointError, ReportError, DivergenceError, FloatingPointError,  # a diverged run, however raised
     )
 
 
