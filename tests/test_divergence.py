@@ -86,13 +86,32 @@ def test_runner_checks_the_learned_state_of_a_method_that_does_not_check_its_los
         run_method(session, "ranpac", progress=False)
 
 
-def test_nan_logits_are_caught_at_evaluation(make_digits_config, monkeypatch):
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_or_infinite_logits_are_caught_at_evaluation(make_digits_config, monkeypatch, bad):
     from retaincl.engine.runner import Session, run_method
     from retaincl.methods.base import DivergenceError
     from retaincl.registry import METHODS
 
     cls = METHODS.get("simplecil")
-    monkeypatch.setattr(cls, "logits_from_features", lambda self, f: torch.full((len(f), self.seen_classes), float("nan")))
-    session = Session.create(make_digits_config(method="simplecil", name="nanlogits"))
-    with pytest.raises(DivergenceError, match=r"simplecil.*NaN.*task 0"):
+    monkeypatch.setattr(cls, "logits_from_features", lambda self, f: torch.full((len(f), self.seen_classes), bad))
+    session = Session.create(make_digits_config(method="simplecil", name=f"badlogits{bad}"))
+    with pytest.raises(DivergenceError, match=r"simplecil.*NaN or infinite.*task 0"):
         run_method(session, "simplecil", progress=False)
+
+
+def test_minus_infinity_is_a_mask_not_a_divergence(make_digits_config, monkeypatch):
+    """Methods mask logits with -inf (task masks, DAP): the evaluation accepts it."""
+    from retaincl.engine.runner import Session, run_method
+    from retaincl.registry import METHODS
+
+    cls = METHODS.get("simplecil")
+    original = cls.logits_from_features
+
+    def masked(self, f):
+        logits = original(self, f)
+        logits[:, -1] = float("-inf") if logits.shape[1] > 2 else logits[:, -1]
+        return logits
+
+    monkeypatch.setattr(cls, "logits_from_features", masked)
+    res = run_method(Session.create(make_digits_config(method="simplecil", name="mask")), "simplecil", progress=False)
+    assert res["metrics"]["last_accuracy"] > 0.3

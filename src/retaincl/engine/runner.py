@@ -218,9 +218,9 @@ def stop_if_diverged(learner: Learner, task_index: int, cause: BaseException | N
 def evaluate_task(learner: Learner, task: Task, stream: Stream) -> tuple[int, int]:
     """(correct, total) of ``learner`` on ``task``'s test data; labels never leave here."""
     logits = learner.predict_logits(task.test.inputs())
-    if bool(torch.isnan(logits).any()):
+    if bool(torch.isnan(logits).any() or torch.isposinf(logits).any()):  # -inf is a mask, +inf an overflow
         raise DivergenceError(
-            f"{learner.name}: NaN predictions on the test data of task {task.index} (after "
+            f"{learner.name}: NaN or infinite predictions on the test data of task {task.index} (after "
             f"{learner.tasks_done} task(s)); the run diverged. Lower methods.{learner.name}.lr and run again"
         )
     targets = torch.as_tensor(task.test.targets)
