@@ -10,8 +10,6 @@ resolved config go into one results JSON.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 import tempfile
 import time
@@ -27,7 +25,7 @@ from retaincl.backbones import Backbone, build_backbone
 from retaincl.backbones.feature_cache import FeatureStore
 from retaincl.config import ExperimentConfig, method_params, to_dict
 from retaincl.data import Stream, Task, build_stream, load_source
-from retaincl.engine.checkpoint import load_checkpoint, save_checkpoint
+from retaincl.engine.checkpoint import save_checkpoint
 from retaincl.engine.environment import (
     environment,
     peak_memory_mb,
@@ -37,15 +35,12 @@ from retaincl.engine.environment import (
     set_rng_state,
 )
 from retaincl.engine.files import atomic_write_json, remove_stale_temp_files
+from retaincl.engine.run_folder import RunError, config_hash, hashed_config, open_run_folder
 from retaincl.evaluation.metrics import summarize
 from retaincl.methods.base import DivergenceError, Learner, LearnerContext
 from retaincl.registry import METHODS
 
 log = logging.getLogger(__name__)
-
-
-class RunError(RuntimeError):
-    """A run cannot start as configured; the message says why and what to change."""
 
 
 @dataclass
@@ -134,45 +129,6 @@ def check_methods(cfg: ExperimentConfig, stream: Stream) -> None:
         check_method(METHODS.get(method), method, method_params(method, cfg.methods.get(method)), stream)
 
 
-#: Config keys that do not change the numbers: left out of the config hash.
-UNHASHED_KEYS = ("quiet", "method", "cache", "output_dir", "eval", "threads")
-
-
-def hashed_config(cfg: ExperimentConfig, method: str) -> dict[str, Any]:
-    """The part of the config that decides ``method``'s numbers: every section but
-    :data:`UNHASHED_KEYS`, and this method's hyperparameters with their defaults filled
-    in (so that a changed default is a changed config)."""
-    tree = to_dict(cfg)
-    for key in UNHASHED_KEYS:
-        tree.pop(key, None)
-    tree["methods"] = {method: to_dict(method_params(method, cfg.methods.get(method)))}
-    return tree
-
-
-def config_hash(cfg: ExperimentConfig, method: str) -> str:
-    tree = hashed_config(cfg, method)
-    return hashlib.sha256(json.dumps([tree, method], sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
-def config_differences(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
-    """'key: old -> new' for the first keys that differ, or a note when unknown."""
-    if not isinstance(old, dict):
-        return "a config from an older version, not recorded"
-    a, b = _flatten(old), _flatten(new)
-    keys = sorted(k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>"))
-    shown = [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys[:3]]
-    return "; ".join(shown) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "") if keys else "same values"
-
-
 def check_output_dir(path: str) -> Path:
     """The output folder, created and checked for writability before anything trains."""
     folder = Path(path).expanduser()
@@ -187,18 +143,6 @@ def check_output_dir(path: str) -> Path:
             f"choose a writable folder with --set output_dir=..."
         ) from err
     return folder
-
-
-def read_finished_results(path: Path) -> dict[str, Any] | None:
-    """A results file written by a finished run, or None when absent or unreadable."""
-    if not path.exists():
-        return None
-    try:
-        res = json.loads(path.read_text())
-        return res if isinstance(res, dict) else None
-    except (OSError, ValueError) as err:
-        log.warning("%s cannot be read (%s); it will be written again", path, err)
-        return None
 
 
 def stop_if_diverged(learner: Learner, task_index: int, cause: BaseException | None = None) -> None:
@@ -271,36 +215,11 @@ def run_method(
     out_dir = Path(cfg.output_dir).expanduser() / session.run_name() / method
     ckpt_path, results_path = out_dir / "checkpoint.pt", out_dir / "results.json"
     remove_stale_temp_files(out_dir)
-    chash = config_hash(cfg, method)
-    hashed = hashed_config(cfg, method)
-    threads = torch.get_num_threads()
-
-    def refuse(what: Path, stored: dict[str, Any] | None) -> RunError:
-        return RunError(
-            f"{what} belongs to another config ({config_differences(stored, hashed)}); pass --overwrite "
-            f"to replace it, or set name=... to keep both"
-        )
-
-    finished = read_finished_results(results_path)
-    if finished is not None and finished.get("config_hash") != chash:
-        if not overwrite:
-            raise refuse(results_path, finished.get("hashed_config"))
-        results_path.unlink()
-        finished = None
-    if finished is not None and resume:
+    chash, hashed = config_hash(cfg, method), hashed_config(cfg, method)
+    finished, ckpt = open_run_folder(out_dir, chash, hashed, resume, overwrite)
+    if finished is not None:
         log.info("%s finished earlier with this config: results reused (--fresh runs it again)", method)
         return finished | {"reused": True}
-    if finished is not None:  # --fresh: these results are being recomputed; a crash must not revive them
-        results_path.unlink()
-    ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() and resume and not overwrite else None
-    if ckpt is not None and ckpt.get("config_hash") != chash:
-        raise refuse(ckpt_path, ckpt.get("hashed_config"))
-    if ckpt is not None and ckpt.get("threads", threads) != threads:
-        n = ckpt["threads"]
-        raise RunError(
-            f"{ckpt_path} was written by a run with {n} thread(s) and this one has {threads}; some numbers "
-            f"depend on the thread count, so continue it with --set threads={n}, or pass --fresh to start over"
-        )
     learner = build_learner(session, method)
     T = len(stream)
     R = np.full((T, T), np.nan)
@@ -367,7 +286,7 @@ def run_method(
         save_checkpoint(ckpt_path, {
             "config_hash": chash,
             "hashed_config": hashed,
-            "threads": threads,
+            "threads": torch.get_num_threads(),
             "method": method,
             "tasks_done": i + 1,
             "complete": i + 1 == T,
