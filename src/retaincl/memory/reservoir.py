@@ -1,10 +1,29 @@
-"""Reservoir sampling (Vitter 1985, Algorithm R) over the stream of training samples.
+"""Reservoir sampling (Vitter 1985, Algorithm R) over the stream of training samples,
+with a fixed capacity.
 
-The ``n``-th sample offered (0-based) is stored while the memory has room; after that
-it replaces a uniformly chosen slot with probability ``capacity / (n + 1)``. Every
-sample offered so far is then in the memory with the same probability
-``capacity / n_seen``, whatever the task boundaries: the memory is a uniform sample of
-the stream (Chaudhry et al. 2019, "On Tiny Episodic Memories"; Buzzega et al. 2020).
+The ``n``-th sample offered (0-based, counted over the whole stream, across task
+boundaries) is stored in slot ``n`` while the memory has room; after that, ``j`` is drawn
+uniformly from ``{0, ..., n}`` and the sample replaces slot ``j`` when ``j < capacity``,
+else it is dropped. Every sample offered so far is then in the memory with the same
+probability ``capacity / n_seen``: the memory is a uniform sample of the stream
+(Chaudhry et al. 2019, "On Tiny Episodic Memories", Sec. 4 and their ``update_reservior``;
+Buzzega et al. 2020 and Mammoth's ``utils/buffer.py``, ``ReservoirSampling``). The
+capacity is the *total* budget (``memory_budget: total``); a capacity that grows at each
+task (per-task or per-class budgets) would store new samples unconditionally and
+over-represent the later tasks, so the learners refuse it for this strategy.
+
+Batched (:meth:`ReservoirMemory.add`): the decisions of the samples of one batch are
+independent given their stream positions (``j_k`` uniform on ``{0..n_k}``), so they
+are drawn together, ``j_k = floor(u_k (n_k + 1))`` with ``u_k`` uniform in [0, 1) in
+double precision, and applied in stream order (when two samples of the batch pick the
+same slot, the later one wins, as in the sequential loop). The distribution of the
+memory is exactly that of the sequential algorithm (up to the 2^-53 resolution of the
+uniform draw); the random stream is not the same as a per-sample ``randint`` loop: one
+``torch.rand`` call per batch, drawn only for the samples that arrive once the memory
+is full.
+
+Shrinking (:meth:`ReservoirMemory.set_capacity`) keeps a uniformly random subset of
+the rows, so the memory stays a uniform sample of the stream at the new capacity.
 
 Loss-aware variant (``loss_aware=True``, used by SNCL, which takes it from Buzzega et
 al. 2020, "Rethinking Experience Replay: a Bag of Tricks", LARS): the decision to store
@@ -24,6 +43,14 @@ import torch
 from retaincl.memory.storage import Batch, Storage
 
 
+def last_write_per_slot(slots: torch.Tensor) -> torch.Tensor:
+    """Positions in ``slots`` of the last occurrence of each distinct slot (sequential
+    writes in order leave the last one)."""
+    uniq, inverse = torch.unique(slots, return_inverse=True)
+    last = torch.full((len(uniq),), -1, dtype=torch.long)
+    return last.scatter_reduce_(0, inverse, torch.arange(len(slots)), reduce="amax")
+
+
 class ReservoirMemory(Storage):
     """A uniform sample of everything offered so far, ``capacity`` rows at most."""
 
@@ -37,31 +64,54 @@ class ReservoirMemory(Storage):
         self.loss_aware = bool(loss_aware)
         self.seen = 0
 
-    def set_capacity(self, capacity: int) -> None:
-        """Grow (per-class budgets) or shrink (keeps a uniform subset of the rows)."""
+    def set_capacity(self, capacity: int, generator: torch.Generator | None = None) -> None:
+        """Set the capacity; shrinking keeps a uniformly random subset of the rows (drawn
+        from ``generator``). Growing leaves room that the next samples fill unconditionally,
+        which is no longer a uniform sample of the stream (see the module docstring)."""
         self.capacity = int(capacity)
         if len(self) > self.capacity:
-            self.keep(torch.arange(self.capacity))
+            keep = torch.randperm(len(self), generator=generator)[: self.capacity].sort().values
+            self.keep(keep)
+
+    def decide(self, count: int, generator: torch.Generator) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """Algorithm R for the next ``count`` samples of the stream: the number ``k`` of
+        leading samples that fill the free room, then (positions in the batch, slots)
+        of the later samples that replace a row, in stream order, one write per slot."""
+        k = min(max(self.capacity - len(self), 0), count)
+        n = self.seen + torch.arange(k, count)  # stream position of each later sample
+        if len(n) == 0:
+            empty = torch.empty(0, dtype=torch.long)
+            return k, empty, empty
+        u = torch.rand(len(n), dtype=torch.float64, generator=generator)
+        j = (u * (n + 1).double()).long()  # uniform on {0, ..., n}
+        src = torch.nonzero(j < self.capacity).flatten()
+        slots = j[src]
+        src = src + k
+        if not self.loss_aware and len(slots):
+            last = last_write_per_slot(slots)
+            src, slots = src[last], slots[last]
+        return k, src, slots
 
     def add(self, rows: Batch, generator: torch.Generator) -> None:
-        """Offer each row once, in order (Algorithm R)."""
-        n = len(rows["y"])
+        """Offer the rows once each, in order (Algorithm R, batched: module docstring)."""
+        count = len(rows["y"])
         if self.loss_aware and "score" not in rows:
             raise ValueError("a loss-aware reservoir needs a 'score' field (the loss of each sample)")
-        for i in range(n):
-            row = {k: v[i : i + 1] for k, v in rows.items()}
-            if len(self) < self.capacity:
-                self.append(row)
-            else:
-                j = int(torch.randint(0, self.seen + 1, (1,), generator=generator))
-                if j < self.capacity:
-                    slot = self._victim(j, generator)
-                    self.write(torch.tensor([slot]), row)
-            self.seen += 1
+        if self.capacity == 0 or count == 0:
+            self.seen += count
+            return
+        k, src, slots = self.decide(count, generator)
+        self.seen += count
+        rows = {key: v.detach().cpu() for key, v in rows.items()}
+        if k:
+            self.append({key: v[:k] for key, v in rows.items()})
+        if self.loss_aware:
+            for i in src.tolist():  # the victim depends on the scores after each write
+                self.write(torch.tensor([self._victim(generator)]), {key: v[i : i + 1] for key, v in rows.items()})
+        elif len(src):
+            self.write(slots, {key: v[src] for key, v in rows.items()})
 
-    def _victim(self, j: int, generator: torch.Generator) -> int:
-        if not self.loss_aware:
-            return j
+    def _victim(self, generator: torch.Generator) -> int:
         weights = 1.0 / (self.fields["score"].double().clamp(min=0) + 1e-6)
         return int(torch.multinomial(weights, 1, generator=generator))
 

@@ -1,17 +1,32 @@
 """GEM: Gradient Episodic Memory (Lopez-Paz and Ranzato, NeurIPS 2017).
 
 Each past task ``k`` keeps an episodic memory ``M_k`` (a ring buffer of its last
-``memory_size`` samples: ``memory_budget: per_task``, 256 on MNIST in the paper). At
+``memory_size`` samples: ``memory_budget: per_task``, 256 on MNIST in the paper and in
+the official ``run_experiments.sh``: ``--n_memories 256 --memory_strength 0.5``). At
 every step, with ``g`` the gradient of the current batch's loss and ``g_k`` the
-gradient of the loss on ``M_k`` (eq. 6-7: the constraint ``<g, g_k> >= 0`` for all
-``k < t``), a violated constraint triggers the projection of eq. 10-11: the dual QP
-solved in :func:`retaincl.methods.replay.grads.gem_project` (margin 0.5
-as in the official code). The projected gradient is then applied by the optimiser.
+gradient of the mean loss on the whole of ``M_k`` (eq. 6-7: the constraint
+``<g, g_k> >= 0`` for all ``k < t``), a violated constraint triggers the projection of
+eq. 10-11: the dual QP solved in :func:`retaincl.methods.replay.grads.gem_project`
+(``margin`` = the official ``memory_strength``, 0.5). The projected gradient is then
+applied by plain SGD (official ``model/gem.py``: ``optim.SGD(self.parameters(), lr)``,
+no momentum, no weight decay; the config refuses others, which would change the
+projected step).
 
 Choices: the memory of the current task is filled while it is trained and never
 constrains it (as the official code); past-task losses use the same logits as training
-(all seen classes; the task's own classes in task-incremental streams); all trainable
-parameters (backbone included when trained) enter ``g``.
+(all seen classes; the task's own classes in task-incremental streams; the official
+MNIST code uses all 10 outputs, which are the seen classes on the permuted and rotated
+streams); all trainable parameters (backbone included when trained) enter ``g``. The
+official QP adds ``1e-3 I`` to ``G G'`` for quadprog; the exact solve here needs no
+ridge (``grads`` module docstring).
+
+Speed: the past tasks' memories do not change while a task is trained (a ring only
+overwrites the current task's slots), so they are gathered once per task
+(:meth:`GEM.past_memories`, re-gathered only if the memory's past rows change, e.g. a
+reservoir strategy); the numbers are those of gathering them at every step.
+
+Ablation: ``project: false`` applies ``g`` without projection (finetuning that also
+computes the memory gradients).
 """
 
 from __future__ import annotations
@@ -21,6 +36,8 @@ from dataclasses import dataclass
 import torch
 
 from retaincl.config import doc
+from retaincl.data.scenarios import Task
+from retaincl.methods.base import LearnerContext
 from retaincl.methods.replay.base import EpisodicMemoryParams, MemoryLearner
 from retaincl.methods.replay.grads import assign_flat_grad, gem_project
 from retaincl.registry import register_method
@@ -29,6 +46,7 @@ from retaincl.registry import register_method
 @dataclass
 class GEMParams(EpisodicMemoryParams):
     margin: float = doc("GEM: lower bound of the dual variables (the official code's memory_strength)", default=0.5)
+    project: bool = doc("GEM, A-GEM: project the gradient (false: the ablation without projection)", default=True)
 
 
 @register_method("gem")
@@ -37,15 +55,32 @@ class GEM(MemoryLearner):
 
     Params = GEMParams
 
+    def __init__(self, params: GEMParams, ctx: LearnerContext) -> None:
+        super().__init__(params, ctx)
+        self._past_key: tuple[int, int] | None = None
+        self._past: list[dict[str, torch.Tensor]] = []
+
+    def begin_task(self, task: Task) -> None:
+        super().begin_task(task)
+        self._past_key = None
+
+    def past_memories(self, current: int) -> list[dict[str, torch.Tensor]]:
+        """The memory of every task before ``current``, on the device (gathered once
+        while the memory's rows of past tasks stay the same)."""
+        key = (current, self.memory.past_revision)
+        if self._past_key != key:
+            self._past = [
+                {name: v.to(self.device) for name, v in self.memory.rows_of_task(k).items()}
+                for k in self.memory.tasks()
+                if k < current
+            ]
+            self._past_key = key
+        return self._past
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> None:
-        current = int(t[0])
-        past = []
-        for k in self.memory.tasks():
-            if k >= current:
-                continue
-            rows = {key: v.to(self.device) for key, v in self.memory.rows_of_task(k).items()}
-            past.append(self.loss_gradient(rows["x"], rows["y"], rows["task"]))
+        past = [self.loss_gradient(m["x"], m["y"], m["task"]) for m in self.past_memories(int(t[0]))]
         g = self.loss_gradient(x, y, t)
-        if past:
-            assign_flat_grad(self.trainable(), gem_project(g, torch.stack(past), margin=self.params.margin))
+        if past and self.params.project:
+            g = gem_project(g, torch.stack(past), margin=self.params.margin)
+        assign_flat_grad(self.trainable(), g)
         self.opt.step()

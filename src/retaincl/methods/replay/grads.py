@@ -40,33 +40,43 @@ def flat_grad(params: Iterable[nn.Parameter]) -> torch.Tensor:
 
 
 def assign_flat_grad(params: Iterable[nn.Parameter], vector: torch.Tensor) -> None:
-    """Write ``vector`` back into the ``.grad`` of ``params`` (inverse of :func:`flat_grad`)."""
+    """Write ``vector`` back into the ``.grad`` of ``params`` (inverse of :func:`flat_grad`);
+    the gradients become views of ``vector``."""
     offset = 0
     for p in params:
         n = p.numel()
-        p.grad = vector[offset : offset + n].view_as(p).clone()
+        p.grad = vector[offset : offset + n].view_as(p)
         offset += n
 
 
-def gem_project(g: torch.Tensor, memories: torch.Tensor, margin: float = 0.5, eps: float = 0.0) -> torch.Tensor:
-    """GEM's projected gradient; ``g`` unchanged when no ``<g, g_k>`` is negative."""
-    if memories.numel() == 0 or bool((memories @ g >= 0).all()):
-        return g
-    G = memories.double().cpu().numpy()
-    gv = g.double().cpu().numpy()
-    t = G.shape[0]
-    # dual: min_v 1/2 v'Pv + q'v, v >= margin, P = G G' (+ eps I), q = G g.
-    # v = margin + u:  min_u 1/2 u'Pu + c'u, u >= 0, c = P m + q (c lies in the range of P).
-    P = G @ G.T + eps * np.eye(t)
-    c = P @ np.full(t, margin) + G @ gv
-    # P = A'A with A = sqrt(w) V' (t x t): 1/2 u'Pu + c'u = 1/2 |A u - d|^2 + const, A'd = -c
+def gem_dual(P: np.ndarray, c: np.ndarray, margin: float) -> np.ndarray:
+    """``argmin_v 1/2 v'Pv + c'v`` over ``v >= margin`` for a PSD ``t x t`` ``P`` (GEM's dual,
+    ``c = G g``), exactly: with ``v = margin + u`` it is a non-negative least-squares
+    problem in ``u`` (``P = A'A`` by an eigendecomposition), solved by Lawson-Hanson."""
+    t = len(c)
+    c = P @ np.full(t, margin) + c
     w, V = np.linalg.eigh(0.5 * (P + P.T))
     keep = w > 1e-12 * max(float(w.max()), 1e-300)
     A = np.sqrt(w[keep])[:, None] * V[:, keep].T
     d = -(V[:, keep].T @ c) / np.sqrt(w[keep])
     u, _ = scipy.optimize.nnls(A, d, maxiter=50 * t)
-    v = margin + u
-    return torch.as_tensor(G.T @ v + gv, dtype=g.dtype, device=g.device)
+    return margin + u
+
+
+def gem_project(g: torch.Tensor, memories: torch.Tensor, margin: float = 0.5, eps: float = 0.0) -> torch.Tensor:
+    """GEM's projected gradient; ``g`` unchanged when no ``<g, g_k>`` is negative.
+
+    The ``t x p`` products run in torch (``G G'`` and ``G g`` in double precision), only
+    the ``t x t`` dual goes through numpy/scipy."""
+    if memories.numel() == 0:
+        return g
+    dots = memories @ g
+    if bool((dots >= 0).all()):
+        return g
+    G = memories.double()
+    P = (G @ G.T).cpu().numpy() + eps * np.eye(len(G))
+    v = gem_dual(P, (G @ g.double()).cpu().numpy(), margin)
+    return (G.T @ torch.as_tensor(v, device=G.device) + g.double()).to(g.dtype)
 
 
 def agem_project(g: torch.Tensor, g_ref: torch.Tensor) -> torch.Tensor:
