@@ -38,17 +38,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from retaincl.memory.storage import Batch, Storage
 
 
-def last_write_per_slot(slots: torch.Tensor) -> torch.Tensor:
+def last_write_per_slot(slots: np.ndarray) -> np.ndarray:
     """Positions in ``slots`` of the last occurrence of each distinct slot (sequential
     writes in order leave the last one)."""
-    uniq, inverse = torch.unique(slots, return_inverse=True)
-    last = torch.full((len(uniq),), -1, dtype=torch.long)
-    return last.scatter_reduce_(0, inverse, torch.arange(len(slots)), reduce="amax")
+    _, first_in_reversed = np.unique(slots[::-1], return_index=True)
+    return len(slots) - 1 - first_in_reversed
+
+
+_EMPTY = torch.empty(0, dtype=torch.long)
 
 
 class ReservoirMemory(Storage):
@@ -76,25 +79,27 @@ class ReservoirMemory(Storage):
     def decide(self, count: int, generator: torch.Generator) -> tuple[int, torch.Tensor, torch.Tensor]:
         """Algorithm R for the next ``count`` samples of the stream: the number ``k`` of
         leading samples that fill the free room, then (positions in the batch, slots)
-        of the later samples that replace a row, in stream order, one write per slot."""
+        of the later samples that replace a row, in stream order, one write per slot.
+        The uniforms come from ``generator``; the rest is small integer work (numpy)."""
         k = min(max(self.capacity - len(self), 0), count)
-        n = self.seen + torch.arange(k, count)  # stream position of each later sample
-        if len(n) == 0:
-            empty = torch.empty(0, dtype=torch.long)
-            return k, empty, empty
-        u = torch.rand(len(n), dtype=torch.float64, generator=generator)
-        j = (u * (n + 1).double()).long()  # uniform on {0, ..., n}
-        src = torch.nonzero(j < self.capacity).flatten()
+        if k == count:
+            return k, _EMPTY, _EMPTY
+        u = torch.rand(count - k, dtype=torch.float64, generator=generator).numpy()
+        n = self.seen + np.arange(k, count)  # stream position of each later sample
+        j = (u * (n + 1)).astype(np.int64)  # uniform on {0, ..., n}
+        src = np.flatnonzero(j < self.capacity)
+        if len(src) == 0:
+            return k, _EMPTY, _EMPTY
         slots = j[src]
         src = src + k
-        if not self.loss_aware and len(slots):
+        if not self.loss_aware and len(slots) > 1:
             last = last_write_per_slot(slots)
             src, slots = src[last], slots[last]
-        return k, src, slots
+        return k, torch.from_numpy(src), torch.from_numpy(slots)
 
     def add(self, rows: Batch, generator: torch.Generator) -> None:
         """Offer the rows once each, in order (Algorithm R, batched: module docstring)."""
-        count = len(rows["y"])
+        count = rows["y"].shape[0]
         if self.loss_aware and "score" not in rows:
             raise ValueError("a loss-aware reservoir needs a 'score' field (the loss of each sample)")
         if self.capacity == 0 or count == 0:

@@ -24,6 +24,7 @@ Protocol details that apply to every method of the family:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -221,8 +222,10 @@ class NetworkLearner(Learner):
         self.opt.step()
 
     def check_loss(self, loss: torch.Tensor) -> None:
-        """:meth:`check_finite` at the current task and step."""
-        self.check_finite(loss, self.task_index, self.step)
+        """:meth:`check_finite` at the current task and step (a scalar loss is read once;
+        only a non-finite one goes through the full check, which raises)."""
+        if loss.numel() != 1 or not math.isfinite(float(loss)):
+            self.check_finite(loss, self.task_index, self.step)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Cross-entropy on the current batch (what finetuning minimises)."""
