@@ -224,7 +224,7 @@ class NetworkLearner(Learner):
     def check_loss(self, loss: torch.Tensor) -> None:
         """:meth:`check_finite` at the current task and step (a scalar loss is read once;
         only a non-finite one goes through the full check, which raises)."""
-        if loss.numel() != 1 or not math.isfinite(float(loss)):
+        if loss.numel() != 1 or not math.isfinite(float(loss.detach())):
             self.check_finite(loss, self.task_index, self.step)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
