@@ -49,4 +49,4 @@ class AGEM(MemoryLearner):
         if g_ref is not None and self.params.project:
             g = agem_project(g, g_ref)
         assign_flat_grad(self.trainable(), g)
-        self.opt.step()
+        self.sgd_step()

@@ -131,6 +131,7 @@ class NetworkLearner(Learner):
         self.opt: torch.optim.Optimizer | None = None
         self.task_index, self.step = 0, 0  # where training is (divergence messages)
         self._trainable: list[torch.nn.Parameter] | None = None
+        self._plain_sgd = False
         self.batch_positions = torch.empty(0, dtype=torch.long)
         self._held: tuple[TaskSplit, torch.Tensor | None] | None = None
         #: no batch normalisation: a sample's output does not depend on its batch, so
@@ -205,7 +206,24 @@ class NetworkLearner(Learner):
         groups = [{"params": head, "lr": p.lr}]
         if self.net.backbone is not None:
             groups.append({"params": list(self.net.backbone.parameters()), "lr": p.backbone_lr})
+        self._plain_sgd = p.momentum == 0 and p.weight_decay == 0
         return torch.optim.SGD(groups, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+
+    def sgd_step(self) -> None:
+        """``self.opt.step()``. For plain SGD (momentum 0, no weight decay) the update is
+        done here as ``p -= lr * grad`` per parameter group at the group's current lr
+        (schedulers still act on it): the same arithmetic as ``torch.optim.SGD``
+        (``param.add_(grad, alpha=-lr)``) without its per-call overhead, which on the
+        online protocol's 784-100-100-10 MLP costs about a fifth of a step."""
+        if not self._plain_sgd:
+            self.opt.step()
+            return
+        with torch.no_grad():
+            for group in self.opt.param_groups:
+                params = [q for q in group["params"] if q.grad is not None]
+                if params:
+                    torch._foreach_add_(params, [q.grad for q in params], alpha=-group["lr"])
+        self.opt._opt_called = True  # what opt.step() records for the lr scheduler's order check
 
     def make_scheduler(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
         if self.params.lr_schedule == "cosine":
@@ -219,7 +237,7 @@ class NetworkLearner(Learner):
         for q in self.trainable():
             q.grad = None
         loss.backward()
-        self.opt.step()
+        self.sgd_step()
 
     def check_loss(self, loss: torch.Tensor) -> None:
         """:meth:`check_finite` at the current task and step (a scalar loss is read once;

@@ -83,4 +83,4 @@ class GEM(MemoryLearner):
         if past and self.params.project:
             g = gem_project(g, torch.stack(past), margin=self.params.margin)
         assign_flat_grad(self.trainable(), g)
-        self.opt.step()
+        self.sgd_step()

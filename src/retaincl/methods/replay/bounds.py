@@ -1,0 +1,51 @@
+"""The bounds of the replay tables, trained by the replay base: ``finetune_net`` and
+``joint_net``.
+
+They are ``finetune`` and ``joint`` of :mod:`retaincl.methods.linear` (SGD with
+cross-entropy on the logits of the classes seen so far; joint re-initialised each task
+and trained on the union of the tasks so far) run by :class:`NetworkLearner`, the loop
+every replay method uses: the task's data held as one tensor, the plain-SGD step
+without ``torch.optim``'s per-call overhead, the same network (``head_hidden`` allowed).
+With ``train_backbone: true`` and no hidden layers they give the numbers of
+``finetune`` and ``joint`` (same initial weights, batch order and updates; a test
+checks it); they exist so that the bounds of a replay table are trained, and timed,
+like the methods between them.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from retaincl.data.images import SplitUnion, TaskSplit
+from retaincl.data.scenarios import Task
+from retaincl.methods.base import LearnerContext
+from retaincl.methods.replay.base import NetParams, NetworkLearner
+from retaincl.registry import register_method
+
+
+@register_method("finetune_net")
+class FinetuneNet(NetworkLearner):
+    """Sequential fine-tuning of the network on each task's data only: the lower bound."""
+
+
+@register_method("joint_net")
+class JointNet(NetworkLearner):
+    """The network re-initialised and trained on the union of all tasks so far: the upper bound."""
+
+    uses_exemplars = True
+
+    def __init__(self, params: NetParams, ctx: LearnerContext) -> None:
+        super().__init__(params, ctx)
+        self._initial = copy.deepcopy({k: v.detach().cpu() for k, v in self.net.state_dict().items()})
+        self.seen_splits: list[TaskSplit] = []
+
+    def fit(self, task: Task) -> None:
+        self.seen_splits.append(task.train)
+        self.net.load_state_dict(self._initial)
+        union = copy.copy(task)
+        union.train = SplitUnion(self.seen_splits)
+        super().fit(union)
+
+    def restore_tasks(self, tasks: list[Task]) -> None:
+        """After a resume: the training splits of the finished tasks are the union again."""
+        self.seen_splits = [t.train for t in tasks]
