@@ -59,3 +59,13 @@ def test_flat_grad_round_trip():
     assert vec.shape == (8,)
     assign_flat_grad(lin.parameters(), torch.arange(8.0))
     assert lin.weight.grad.flatten().tolist() == [0, 1, 2, 3, 4, 5] and lin.bias.grad.tolist() == [6, 7]
+
+
+def test_gem_ridge_is_the_official_eps():
+    # one memory: the dual is min 1/2 (|a|^2 + eps) v^2 + <a, g> v over v >= margin, so
+    # v = max(margin, -<a, g> / (|a|^2 + eps)), g~ = g + v a. |a|^2 = 9, <a, g> = -1:
+    # eps = 0 -> v = max(0, 1/9); eps = 1 -> v = max(0, 1/10)
+    a = torch.tensor([1.0, 2.0, 2.0], dtype=torch.float64)
+    grad = torch.tensor([-3.0, 0.0, 1.0], dtype=torch.float64)
+    for eps, v in ((0.0, 1 / 9), (1.0, 1 / 10)):
+        assert torch.allclose(gem_project(grad, a[None], margin=0.0, eps=eps), grad + v * a, atol=1e-10)

@@ -12,11 +12,11 @@ reduce past losses). The QP has one variable per past task and equals
 ``min_v 1/2 |G^T v + g|^2`` over ``v >= margin``; it is solved exactly as a ``t x t``
 non-negative least-squares problem in ``u = v - margin`` (``G G^T = A^T A`` by an
 eigendecomposition; Lawson-Hanson NNLS from scipy), which needs no positive-definite
-``G G^T``. By the optimality conditions ``G g~ = lambda >= 0``: the
-projected gradient never increases any past task's loss to first order. Choice: the
-official code adds ``1e-3 * I`` to ``G G^T`` because its QP solver needs a strictly
-positive-definite matrix; that ridge lets ``<g~, g_k>`` dip to ``-1e-3 v_k``, so it is
-off here by default (``eps``).
+``G G^T``. By the optimality conditions, with ``eps = 0``, ``G g~ = lambda >= 0``: the
+projected gradient never increases any past task's loss to first order. The official
+code adds ``eps I = 1e-3 I`` to ``G G^T`` (quadprog needs a strictly positive-definite
+matrix); then ``G g~ = lambda - eps v >= -eps v``. GEM's learner passes its
+``qp_ridge`` (default: the official 1e-3); this function's default is the exact QP.
 
 A-GEM (Chaudhry et al. 2019, eq. 11): with ``g_ref`` the gradient on a random memory
 batch, when ``<g, g_ref> < 0`` use ``g~ = g - (<g, g_ref> / <g_ref, g_ref>) g_ref``.
