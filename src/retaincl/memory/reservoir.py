@@ -107,6 +107,8 @@ class ReservoirMemory(Storage):
             return
         k, src, slots = self.decide(count, generator)
         self.seen += count
+        if not k and not len(src):
+            return  # the usual case once the memory is full: every sample dropped
         rows = {key: v.detach().cpu() for key, v in rows.items()}
         if k:
             self.append({key: v[:k] for key, v in rows.items()})

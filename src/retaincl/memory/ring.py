@@ -56,7 +56,7 @@ class TaskRingMemory(Storage):
         skip = max(q - self.per_task, 0)  # overwritten again within this batch
         positions = (p + skip + torch.arange(q - skip)) % self.per_task
         mine = torch.nonzero(self._data["task"][: len(self)] == t).flatten()
-        self.write(mine[positions], {key: v[k + skip :] for key, v in rows.items()})
+        self.write(mine[positions], {key: v[k + skip :] for key, v in rows.items()}, same_task=True)
         self.pointer[t] = (p + q) % self.per_task
 
     def set_per_task(self, per_task: int) -> None:

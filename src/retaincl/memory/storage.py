@@ -82,14 +82,16 @@ class Storage:
             v[self._n : self._n + m] = rows[k].to(v.dtype)
         self._n += m
 
-    def write(self, slots: torch.Tensor, rows: Batch) -> None:
-        """Overwrite rows ``slots`` (distinct, all ``< len``) with ``rows``."""
-        rows = {k: v.detach().cpu() for k, v in rows.items()}
+    def write(self, slots: torch.Tensor, rows: Batch, same_task: bool = False) -> None:
+        """Overwrite rows ``slots`` (distinct, all ``< len``) with ``rows``; ``same_task``:
+        the caller guarantees each slot held a row of the task that overwrites it (a ring),
+        so the rows of other tasks stay as they were."""
+        rows = {k: v.detach() for k, v in rows.items()}
         self._check(rows)
-        if bool((self._data["task"][slots] != rows["task"].to(self._data["task"].dtype)).any()):
+        if not same_task:
             self.past_revision += 1
         for k, v in self._data.items():
-            v[slots] = rows[k].to(v.dtype)
+            v[slots] = rows[k].to(v.device, v.dtype)
 
     def keep(self, rows: torch.Tensor) -> None:
         """Keep only the rows at ``rows`` (in that order)."""
