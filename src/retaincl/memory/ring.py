@@ -30,6 +30,7 @@ class TaskRingMemory(Storage):
         super().__init__()
         self.per_task = int(per_task)
         self.pointer: dict[int, int] = {}  # task -> next slot to overwrite once full
+        self._index: dict[int, tuple[tuple[int, int], torch.Tensor]] = {}
 
     def add(self, rows: Batch, generator: torch.Generator | None = None) -> None:
         tasks = rows["task"].cpu()
@@ -41,10 +42,19 @@ class TaskRingMemory(Storage):
             sel = torch.nonzero(tasks == t).flatten()
             self._add_task(int(t), {k: v[sel] for k, v in rows.items()})
 
+    def _rows_of(self, t: int) -> torch.Tensor:
+        """Indices of task ``t``'s rows (kept while no row is added, dropped or moved)."""
+        key = (len(self), self.past_revision)
+        hit = self._index.get(t)
+        if hit is None or hit[0] != key:
+            idx = torch.nonzero(self._data["task"][: len(self)] == t).flatten() if len(self) else torch.empty(0, dtype=torch.long)
+            hit = self._index[t] = (key, idx)
+        return hit[1]
+
     def _add_task(self, t: int, rows: Batch) -> None:
         if self.per_task <= 0:
             return
-        have = int((self._data["task"][: len(self)] == t).sum()) if len(self) else 0
+        have = len(self._rows_of(t))
         m = len(rows["y"])
         k = min(max(self.per_task - have, 0), m)  # samples that fill the ring's free room
         if k:
@@ -55,7 +65,7 @@ class TaskRingMemory(Storage):
         p = self.pointer.get(t, 0)
         skip = max(q - self.per_task, 0)  # overwritten again within this batch
         positions = (p + skip + torch.arange(q - skip)) % self.per_task
-        mine = torch.nonzero(self._data["task"][: len(self)] == t).flatten()
+        mine = self._rows_of(t)
         self.write(mine[positions], {key: v[k + skip :] for key, v in rows.items()}, same_task=True)
         self.pointer[t] = (p + q) % self.per_task
 

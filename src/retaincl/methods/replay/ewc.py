@@ -35,13 +35,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from retaincl.config import doc
 from retaincl.data.scenarios import Task
 from retaincl.methods.base import LearnerContext
 from retaincl.methods.replay.base import NetParams, NetworkLearner
+from retaincl.methods.replay.grads import LinearTape
 from retaincl.registry import register_method
 
 
@@ -118,44 +118,22 @@ class EWC(NetworkLearner):
         return F.log_softmax(self.train_logits(logits, tid), dim=1).gather(1, label[:, None])[:, 0]
 
     def squared_grads_linear(self, x: torch.Tensor, label: torch.Tensor, tid: torch.Tensor) -> torch.Tensor | None:
-        """``sum_i g_i^2`` (flat, trainable order) in closed form when every trainable
-        parameter is the weight or bias of an ``nn.Linear`` called once on ``B x in``
-        inputs (module docstring); None otherwise."""
-        owner: dict[int, tuple[nn.Linear, str]] = {}
-        for m in self.net.modules():
-            if isinstance(m, nn.Linear):
-                owner[id(m.weight)] = (m, "weight")
-                if m.bias is not None:
-                    owner[id(m.bias)] = (m, "bias")
-        params = self.trainable()
-        if any(id(q) not in owner for q in params):
+        """``sum_i g_i^2`` (flat, trainable order) in closed form when the network is an MLP
+        (:class:`~retaincl.methods.replay.grads.LinearTape`; module docstring); None otherwise."""
+        tape = LinearTape(self.net, self.trainable())
+        rec = tape.run(x, lambda logits: self.log_likelihood(logits, label, tid).sum())
+        if rec is None:
             return None
-        layers = list({id(owner[id(q)][0]): owner[id(q)][0] for q in params}.values())
-        seen: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {id(m): [] for m in layers}
-
-        def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            seen[id(module)].append((args[0], output))
-
-        hooks = [m.register_forward_hook(record) for m in layers]
-        try:
-            with torch.enable_grad():
-                logp = self.log_likelihood(self.net(x), label, tid).sum()
-        finally:
-            for h in hooks:
-                h.remove()
-        if any(len(v) != 1 or v[0][0].dim() != 2 for v in seen.values()):
-            return None
-        outs = [seen[id(m)][0][1] for m in layers]
-        deltas = dict(zip((id(m) for m in layers), torch.autograd.grad(logp, outs, allow_unused=True)))
+        inputs, deltas = rec
         flat = []
-        for q in params:
-            m, kind = owner[id(q)]
+        for q in tape.params:
+            m, kind = tape.owner[id(q)]
             d = deltas[id(m)]
             if d is None:
                 flat.append(torch.zeros(q.numel(), device=q.device))
                 continue
             d2 = d * d
-            flat.append((d2.T @ seen[id(m)][0][0].detach() ** 2).reshape(-1) if kind == "weight" else d2.sum(0))
+            flat.append((d2.T @ inputs[id(m)] ** 2).reshape(-1) if kind == "weight" else d2.sum(0))
         return torch.cat(flat)
 
     def squared_grads_vmap(self, x: torch.Tensor, label: torch.Tensor, tid: torch.Tensor) -> torch.Tensor:

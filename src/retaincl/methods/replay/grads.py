@@ -24,7 +24,7 @@ batch, when ``<g, g_ref> < 0`` use ``g~ = g - (<g, g_ref> / <g_ref, g_ref>) g_re
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import scipy.optimize
@@ -85,3 +85,84 @@ def agem_project(g: torch.Tensor, g_ref: torch.Tensor) -> torch.Tensor:
     if dot >= 0:
         return g
     return g - dot / torch.dot(g_ref, g_ref).clamp(min=1e-12) * g_ref
+
+
+class LinearTape:
+    """Per-sample gradients of a network whose trained parameters all belong to
+    ``nn.Linear`` layers, each called once per forward on ``B x in`` inputs (an MLP).
+
+    A sample's gradient of a layer's weight is ``delta a^T`` (``a``: the layer's input,
+    ``delta``: the gradient of that sample's loss at the layer's output), and of its bias
+    ``delta`` (Goodfellow 2015, "Efficient per-example gradient computations"). So one
+    forward pass (inputs and outputs recorded by hooks) and one backward pass to the layer
+    outputs give any sum of per-sample gradients, or of their squares, as matrix
+    products, without building the ``B x P`` per-sample gradients that ``torch.func``'s
+    ``vmap(grad(...))`` would (:meth:`run` returns None for any other network).
+    """
+
+    def __init__(self, net: nn.Module, params: list[nn.Parameter]) -> None:
+        owner: dict[int, tuple[nn.Linear, str]] = {}
+        for m in net.modules():
+            if isinstance(m, nn.Linear):
+                owner[id(m.weight)] = (m, "weight")
+                if m.bias is not None:
+                    owner[id(m.bias)] = (m, "bias")
+        self.net, self.params = net, params
+        self.ok = all(id(q) in owner for q in params)
+        self.owner = owner
+        self.layers = list({id(owner[id(q)][0]): owner[id(q)][0] for q in params}.values()) if self.ok else []
+
+    def run(
+        self, x: torch.Tensor, loss_of_logits: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]] | None:
+        """Forward ``x``, backward ``loss_of_logits(logits)`` (a sum of per-sample terms) to
+        each layer's output: ``(inputs, deltas)`` by layer id, or None (not an MLP)."""
+        if not self.ok:
+            return None
+        seen: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {id(m): [] for m in self.layers}
+
+        def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            seen[id(module)].append((args[0], output))
+
+        hooks = [m.register_forward_hook(record) for m in self.layers]
+        try:
+            with torch.enable_grad():
+                loss = loss_of_logits(self.net(x))
+        finally:
+            for h in hooks:
+                h.remove()
+        if any(len(v) != 1 or v[0][0].dim() != 2 for v in seen.values()):
+            return None
+        ids = [id(m) for m in self.layers]
+        deltas = torch.autograd.grad(loss, [seen[i][0][1] for i in ids], allow_unused=True)
+        return {i: seen[i][0][0].detach() for i in ids}, dict(zip(ids, deltas))
+
+
+def linear_group_gradients(
+    tape: LinearTape, x: torch.Tensor, loss_per_sample: Callable[[torch.Tensor], torch.Tensor], groups: list[int]
+) -> torch.Tensor | None:
+    """Mean-loss gradient of each consecutive group of rows of ``x`` (sizes ``groups``),
+    as a ``len(groups) x P`` matrix in parameter order, from one forward and one backward
+    pass (:class:`LinearTape`); None when the network is not an MLP."""
+    sizes = torch.as_tensor(groups, device=x.device)
+    weight = torch.repeat_interleave(1.0 / sizes.to(x.dtype), sizes)
+    rec = tape.run(x, lambda logits: (loss_per_sample(logits) * weight).sum())
+    if rec is None:
+        return None
+    inputs, deltas = rec
+    bounds = [0, *torch.cumsum(sizes, 0).tolist()]
+    equal = len(set(groups)) == 1
+    rows = []
+    for q in tape.params:
+        m, kind = tape.owner[id(q)]
+        a, d = inputs[id(m)], deltas[id(m)]
+        if d is None:
+            rows.append(torch.zeros(len(groups), q.numel(), device=q.device, dtype=q.dtype))
+        elif kind == "bias":
+            rows.append(torch.stack([d[lo:hi].sum(0) for lo, hi in zip(bounds[:-1], bounds[1:])]))
+        elif equal:
+            n = groups[0]
+            rows.append(torch.bmm(d.reshape(len(groups), n, -1).transpose(1, 2), a.reshape(len(groups), n, -1)).flatten(1))
+        else:
+            rows.append(torch.stack([(d[lo:hi].T @ a[lo:hi]).flatten() for lo, hi in zip(bounds[:-1], bounds[1:])]))
+    return torch.cat(rows, dim=1)
