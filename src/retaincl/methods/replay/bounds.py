@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import copy
 
+import torch
+
 from retaincl.data.images import SplitUnion, TaskSplit
 from retaincl.data.scenarios import Task
 from retaincl.methods.base import LearnerContext
@@ -38,6 +40,7 @@ class JointNet(NetworkLearner):
         super().__init__(params, ctx)
         self._initial = copy.deepcopy({k: v.detach().cpu() for k, v in self.net.state_dict().items()})
         self.seen_splits: list[TaskSplit] = []
+        self._task_inputs: list[torch.Tensor | None] = []  # each task's held inputs, built once
 
     def fit(self, task: Task) -> None:
         self.seen_splits.append(task.train)
@@ -45,6 +48,16 @@ class JointNet(NetworkLearner):
         union = copy.copy(task)
         union.train = SplitUnion(self.seen_splits)
         super().fit(union)
+
+    def training_inputs(self, split: TaskSplit | SplitUnion) -> torch.Tensor | None:
+        """The union's inputs: each task's held inputs (built once, when it arrives)
+        concatenated, instead of re-reading every earlier task at each task."""
+        if not isinstance(split, SplitUnion):
+            return super().training_inputs(split)
+        for part in split.parts[len(self._task_inputs) :]:
+            self._task_inputs.append(super().training_inputs(part))
+        parts = self._task_inputs[: len(split.parts)]
+        return None if any(p is None for p in parts) else torch.cat(parts)
 
     def restore_tasks(self, tasks: list[Task]) -> None:
         """After a resume: the training splits of the finished tasks are the union again."""
