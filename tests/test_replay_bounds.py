@@ -7,9 +7,10 @@ import pytest
 from retaincl.config import load_config
 from retaincl.engine.runner import Session, run_method
 
-PROTOCOL = "train_backbone=true epochs=2 batch_size=10 lr=0.1 backbone_lr=0.1 lr_schedule=constant"
+PROTOCOL = "train_backbone=true epochs=1 batch_size=10 lr=0.1 backbone_lr=0.1 lr_schedule=constant"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_bounds_on_the_replay_base_equal_the_linear_ones(tmp_path, momentum):
     pairs = {"finetune": "finetune_net", "joint": "joint_net"}
