@@ -220,3 +220,19 @@ def test_derpp_stores_the_logits_of_the_training_forward_pass():
     stored = lrn.memory.fields["logits"]
     assert torch.allclose(stored, before, atol=1e-6)  # the step's own forward pass (Alg. 1)
     assert not torch.allclose(stored, after, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- bounds
+
+
+def test_joint_net_trains_every_sample_against_its_own_task_head():
+    # task-incremental: joint_net retrains on the union, each sample masked to its own
+    # task's classes; task 0's samples must not be trained against task 1's head
+    tasks = class_stream(tasks=2)
+    joint = learner("joint_net", scenario="task", epochs=2)
+    train(joint, tasks)
+    for t in tasks:
+        with torch.no_grad():
+            logits = joint.logits_from_features(t.train.features)[:, t.classes[0] : t.classes[-1] + 1]
+        acc = float((logits.argmax(1) + t.classes[0] == torch.as_tensor(t.train.targets)).float().mean())
+        assert acc > 0.9, (t.index, acc)

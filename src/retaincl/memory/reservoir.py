@@ -116,7 +116,10 @@ class ReservoirMemory(Storage):
             for i in src.tolist():  # the victim depends on the scores after each write
                 self.write(torch.tensor([self._victim(generator)]), {key: v[i : i + 1] for key, v in rows.items()})
         elif len(src):
-            self.write(slots, {key: v[src] for key, v in rows.items()})
+            self._check(rows)
+            for key, v in self._data.items():  # the rows at src go to the slots (one indexed copy)
+                v[slots] = rows[key][src].to(v.dtype)
+            self.past_revision += 1
 
     def _victim(self, generator: torch.Generator) -> int:
         weights = 1.0 / (self.fields["score"].double().clamp(min=0) + 1e-6)

@@ -189,16 +189,24 @@ class NetworkLearner(Learner):
         labels = torch.as_tensor(split.targets).to(self.device)
         n = len(labels)
         per_epoch = (n + p.batch_size - 1) // p.batch_size
+        sample_tasks = self.sample_tasks(task)
         task_ids = torch.full((p.batch_size,), task.index, dtype=torch.long, device=self.device)
         for epoch in self.progress(range(p.epochs), desc):
             order = torch.randperm(n, generator=self.generator)
             shuffled_y = labels[order.to(self.device)]
             shuffled_x = inputs[order.to(self.device)] if inputs is not None else None
+            shuffled_t = sample_tasks[order.to(self.device)] if sample_tasks is not None else None
             for b in range(per_epoch):
                 lo, hi = b * p.batch_size, min((b + 1) * p.batch_size, n)
                 self.batch_positions = order[lo:hi]
                 x = shuffled_x[lo:hi] if shuffled_x is not None else self.train_images(split, order[lo:hi])
-                yield epoch, b == per_epoch - 1, x, shuffled_y[lo:hi], task_ids[: hi - lo]
+                t = shuffled_t[lo:hi] if shuffled_t is not None else task_ids[: hi - lo]
+                yield epoch, b == per_epoch - 1, x, shuffled_y[lo:hi], t
+
+    def sample_tasks(self, task: Task) -> torch.Tensor | None:
+        """The task index of each training sample of ``task.train`` (None: all are
+        ``task.index``)."""
+        return None
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         p = self.params
@@ -219,7 +227,10 @@ class NetworkLearner(Learner):
             self.opt.step()
             return
         with torch.no_grad():
-            for group in self.opt.param_groups:
+            groups = self.opt.param_groups
+            if all(g["lr"] == groups[0]["lr"] for g in groups):  # one call for every parameter
+                groups = [{"params": [q for g in groups for q in g["params"]], "lr": groups[0]["lr"]}]
+            for group in groups:
                 params = [q for q in group["params"] if q.grad is not None]
                 if params:
                     torch._foreach_add_(params, [q.grad for q in params], alpha=-group["lr"])

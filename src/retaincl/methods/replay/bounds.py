@@ -9,7 +9,9 @@ without ``torch.optim``'s per-call overhead, the same network (``head_hidden`` a
 With ``train_backbone: true`` and no hidden layers they give the numbers of
 ``finetune`` and ``joint`` (same initial weights, batch order and updates; a test
 checks it); they exist so that the bounds of a replay table are trained, and timed,
-like the methods between them.
+like the methods between them. In task-incremental streams both train each sample
+against its own task's classes (multi-head, as every method of the replay base), where
+those of ``methods/linear.py`` use one head over all classes seen.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ class JointNet(NetworkLearner):
         union = copy.copy(task)
         union.train = SplitUnion(self.seen_splits)
         super().fit(union)
+
+    def sample_tasks(self, task: Task) -> torch.Tensor:
+        """Each sample of the union keeps its own task (task-incremental heads)."""
+        return torch.cat([torch.full((len(s),), i, dtype=torch.long) for i, s in enumerate(self.seen_splits)]).to(self.device)
 
     def training_inputs(self, split: TaskSplit | SplitUnion) -> torch.Tensor | None:
         """The union's inputs: each task's held inputs (built once, when it arrives)
