@@ -216,3 +216,18 @@ def test_memory_state_survives_weights_only_load(mem):
     other.load_state_dict(state)
     assert all(torch.equal(other.fields[k], mem.fields[k]) for k in mem.fields)
     assert other.state_dict().keys() == mem.state_dict().keys()
+
+
+def test_replay_draws_are_uniform_subsets():
+    # Floyd's algorithm: 3 of 6 rows, 6000 draws; each of the 20 subsets 300 times
+    # (binomial sd 16.8); every index in half of the draws; all rows when n >= len
+    from collections import Counter
+
+    from retaincl.memory.storage import choose
+
+    gen = torch.Generator().manual_seed(0)
+    draws = [tuple(sorted(choose(6, 3, gen).tolist())) for _ in range(6000)]
+    counts = Counter(draws)
+    assert len(counts) == 20 and all(abs(c - 300) < 4 * 16.8 for c in counts.values()), counts
+    assert all(len(set(d)) == 3 for d in draws)
+    assert choose(4, 10, gen).tolist() == [0, 1, 2, 3]

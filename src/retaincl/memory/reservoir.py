@@ -13,14 +13,14 @@ task (per-task or per-class budgets) would store new samples unconditionally and
 over-represent the later tasks, so the learners refuse it for this strategy.
 
 Batched (:meth:`ReservoirMemory.add`): the decisions of the samples of one batch are
-independent given their stream positions (``j_k`` uniform on ``{0..n_k}``), so they
-are drawn together, ``j_k = floor(u_k (n_k + 1))`` with ``u_k`` uniform in [0, 1) in
-double precision, and applied in stream order (when two samples of the batch pick the
-same slot, the later one wins, as in the sequential loop). The distribution of the
-memory is exactly that of the sequential algorithm (up to the 2^-53 resolution of the
-uniform draw); the random stream is not the same as a per-sample ``randint`` loop: one
-``torch.rand`` call per batch, drawn only for the samples that arrive once the memory
-is full.
+independent given their stream positions (``j_k`` uniform on ``{0..n_k}``), so their
+uniforms are drawn in one call, ``j_k = floor(u_k (n_k + 1))`` with ``u_k`` uniform in
+[0, 1) in double precision, and the writes applied in stream order (when two samples of
+the batch pick the same slot, the later one wins, as in the sequential loop). The
+distribution of the memory is exactly that of the sequential algorithm (up to the
+2^-53 resolution of the uniform draw); the random stream is not the same as a
+per-sample ``randint`` loop: one ``torch.rand`` call per batch, drawn only for the
+samples that arrive once the memory is full.
 
 Shrinking (:meth:`ReservoirMemory.set_capacity`) keeps a uniformly random subset of
 the rows, so the memory stays a uniform sample of the stream at the new capacity.
@@ -38,18 +38,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from retaincl.memory.storage import Batch, Storage
-
-
-def last_write_per_slot(slots: np.ndarray) -> np.ndarray:
-    """Positions in ``slots`` of the last occurrence of each distinct slot (sequential
-    writes in order leave the last one)."""
-    _, first_in_reversed = np.unique(slots[::-1], return_index=True)
-    return len(slots) - 1 - first_in_reversed
-
 
 _EMPTY = torch.empty(0, dtype=torch.long)
 
@@ -79,23 +70,26 @@ class ReservoirMemory(Storage):
     def decide(self, count: int, generator: torch.Generator) -> tuple[int, torch.Tensor, torch.Tensor]:
         """Algorithm R for the next ``count`` samples of the stream: the number ``k`` of
         leading samples that fill the free room, then (positions in the batch, slots)
-        of the later samples that replace a row, in stream order, one write per slot.
-        The uniforms come from ``generator``; the rest is small integer work (numpy)."""
+        of the later samples that replace a row, in stream order, one write per slot
+        (the last one). The uniforms come from ``generator`` in one call; the rest is a
+        few integer operations per sample."""
         k = min(max(self.capacity - len(self), 0), count)
         if k == count:
             return k, _EMPTY, _EMPTY
-        u = torch.rand(count - k, dtype=torch.float64, generator=generator).numpy()
-        n = self.seen + np.arange(k, count)  # stream position of each later sample
-        j = (u * (n + 1)).astype(np.int64)  # uniform on {0, ..., n}
-        src = np.flatnonzero(j < self.capacity)
-        if len(src) == 0:
+        u = torch.rand(count - k, dtype=torch.float64, generator=generator).tolist()
+        first = self.seen + k + 1  # n + 1 for the first later sample (n: 0-based stream position)
+        writes: dict[int, int] | list[tuple[int, int]] = [] if self.loss_aware else {}
+        for i, ui in enumerate(u):
+            j = int(ui * (first + i))  # uniform on {0, ..., n}
+            if j < self.capacity:
+                if self.loss_aware:
+                    writes.append((j, k + i))
+                else:
+                    writes[j] = k + i  # a later sample for the same slot wins
+        if not writes:
             return k, _EMPTY, _EMPTY
-        slots = j[src]
-        src = src + k
-        if not self.loss_aware and len(slots) > 1:
-            last = last_write_per_slot(slots)
-            src, slots = src[last], slots[last]
-        return k, torch.from_numpy(src), torch.from_numpy(slots)
+        pairs = writes if self.loss_aware else list(writes.items())
+        return k, torch.tensor([p[1] for p in pairs]), torch.tensor([p[0] for p in pairs])
 
     def add(self, rows: Batch, generator: torch.Generator) -> None:
         """Offer the rows once each, in order (Algorithm R, batched: module docstring)."""
@@ -109,7 +103,7 @@ class ReservoirMemory(Storage):
         self.seen += count
         if not k and not len(src):
             return  # the usual case once the memory is full: every sample dropped
-        rows = {key: v.detach().cpu() for key, v in rows.items()}
+        rows = {key: v if v.device.type == "cpu" and not v.requires_grad else v.detach().cpu() for key, v in rows.items()}
         if k:
             self.append({key: v[:k] for key, v in rows.items()})
         if self.loss_aware:

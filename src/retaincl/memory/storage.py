@@ -20,6 +20,21 @@ import torch
 Batch = dict[str, torch.Tensor]
 
 
+def choose(pool: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """``k`` distinct indices of ``range(pool)``, every ``k``-subset equally likely (Floyd's
+    algorithm: for ``j = pool-k .. pool-1`` take ``t`` uniform on ``{0..j}``, or ``j``
+    when ``t`` is already taken; Bentley and Floyd 1987); all indices when ``k >= pool``.
+    ``k`` uniforms from ``generator`` in one call instead of a permutation of the pool."""
+    if k >= pool:
+        return torch.arange(pool)
+    u = torch.rand(k, dtype=torch.float64, generator=generator).tolist()
+    chosen: dict[int, None] = {}
+    for i, j in enumerate(range(pool - k, pool)):
+        t = int(u[i] * (j + 1))
+        chosen[j if t in chosen else t] = None
+    return torch.tensor(list(chosen))
+
+
 class MemoryError_(ValueError):
     """A batch offered to a memory does not fit what it already holds."""
 
@@ -107,17 +122,17 @@ class Storage:
     # ------------------------------------------------------------------ reading
 
     def sample(self, n: int, generator: torch.Generator, tasks_before: int | None = None) -> Batch:
-        """``min(n, len)`` rows drawn uniformly without replacement; with ``tasks_before``,
-        only among the rows of tasks ``< tasks_before``."""
+        """``min(n, len)`` rows drawn uniformly without replacement (all of them when
+        ``n >= len``); with ``tasks_before``, only among the rows of tasks ``< tasks_before``."""
         if self._n == 0 or n <= 0:
             return {}
         if tasks_before is None:
-            idx = torch.randperm(self._n, generator=generator)[:n]
+            idx = choose(self._n, n, generator)
         else:
             pool = torch.nonzero(self._data["task"][: self._n] < tasks_before).flatten()
             if len(pool) == 0:
                 return {}
-            idx = pool[torch.randperm(len(pool), generator=generator)[:n]]
+            idx = pool[choose(len(pool), n, generator)]
         return {k: v[idx] for k, v in self._data.items()}
 
     def rows_of_task(self, task: int) -> Batch:
