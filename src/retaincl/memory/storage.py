@@ -63,6 +63,10 @@ class Storage:
         """The rows in use, one tensor per field (views: writing to them writes the memory)."""
         return {k: v[: self._n] for k, v in self._data.items()}
 
+    @fields.setter
+    def fields(self, rows: Batch) -> None:
+        self.set_rows(rows)
+
     def set_rows(self, rows: Batch) -> None:
         """Replace every row by ``rows`` (copied)."""
         rows = {k: v.detach().cpu() for k, v in rows.items()}
