@@ -132,20 +132,6 @@ def test_reservoir_fills_in_order_before_replacing():
     assert mem.fields["x"].flatten().tolist() == [7, 8]
 
 
-def test_loss_aware_reservoir_replaces_low_loss_samples_first():
-    gen = torch.Generator().manual_seed(0)
-    mem = ReservoirMemory(2, loss_aware=True)
-    first = rows([0, 1]) | {"score": torch.tensor([1e-4, 10.0])}
-    mem.add(first, gen)
-    kept_hard = 0
-    for i in range(200):
-        mem2 = ReservoirMemory(2, loss_aware=True)
-        mem2.load_state_dict(mem.state_dict())
-        mem2.add(rows([2 + i]) | {"score": torch.tensor([5.0])}, gen)
-        kept_hard += int(1.0 in mem2.fields["x"].flatten().tolist())
-    assert kept_hard == 200  # weights 1/(1e-4) vs 1/10: the easy sample is the one replaced
-
-
 def test_herding_order_worked_by_hand():
     # 1-D features, class mean 5.1. k=1: 5.5 is closest; k=2: (5.5+4)/2=4.75 beats 5.75;
     # k=3: (9.5+6)/3=5.17; k=4: (15.5+0)/4=3.875 beats (15.5+10)/4=6.375; k=5: 10.

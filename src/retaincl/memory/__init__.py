@@ -30,10 +30,10 @@ def capacity(memory_size: int, budget: str, seen_classes: int, tasks_seen: int) 
     raise ValueError(f"memory_budget {budget!r} is not one of {', '.join(BUDGETS)}")
 
 
-def build_memory(strategy: str, loss_aware: bool = False) -> Storage:
+def build_memory(strategy: str) -> Storage:
     """An empty memory of the given strategy; sizes are set by the learner per task."""
     if strategy == "reservoir":
-        return ReservoirMemory(0, loss_aware=loss_aware)
+        return ReservoirMemory(0)
     if strategy == "ring":
         return TaskRingMemory(0)
     if strategy == "herding":

@@ -25,13 +25,7 @@ samples that arrive once the memory is full.
 Shrinking (:meth:`ReservoirMemory.set_capacity`) keeps a uniformly random subset of
 the rows, so the memory stays a uniform sample of the stream at the new capacity.
 
-Loss-aware variant (``loss_aware=True``, used by SNCL, which takes it from Buzzega et
-al. 2020, "Rethinking Experience Replay: a Bag of Tricks", LARS): the decision to store
-is the same, but the slot to overwrite is drawn with probability proportional to
-``1 / (score + eps)`` where ``score`` is the loss a sample had when it was stored, so
-easy (low-loss) samples are replaced first and hard ones are kept. Choice: the score is
-not refreshed after storage (LARS refreshes it only when a sample is replayed; keeping
-it fixed is the simpler reading).
+The loss-aware reservoir that SNCL keeps (LARS) is :mod:`retaincl.memory.loss_aware`.
 """
 
 from __future__ import annotations
@@ -50,12 +44,11 @@ class ReservoirMemory(Storage):
 
     kind = "reservoir"
 
-    def __init__(self, capacity: int, loss_aware: bool = False) -> None:
+    def __init__(self, capacity: int) -> None:
         super().__init__()
         if capacity < 0:
             raise ValueError(f"memory capacity must be >= 0, got {capacity}")
         self.capacity = int(capacity)
-        self.loss_aware = bool(loss_aware)
         self.seen = 0
 
     def set_capacity(self, capacity: int, generator: torch.Generator | None = None) -> None:
@@ -78,24 +71,18 @@ class ReservoirMemory(Storage):
             return k, _EMPTY, _EMPTY
         u = torch.rand(count - k, dtype=torch.float64, generator=generator).tolist()
         first = self.seen + k + 1  # n + 1 for the first later sample (n: 0-based stream position)
-        writes: dict[int, int] | list[tuple[int, int]] = [] if self.loss_aware else {}
+        writes: dict[int, int] = {}
         for i, ui in enumerate(u):
             j = int(ui * (first + i))  # uniform on {0, ..., n}
             if j < self.capacity:
-                if self.loss_aware:
-                    writes.append((j, k + i))
-                else:
-                    writes[j] = k + i  # a later sample for the same slot wins
+                writes[j] = k + i  # a later sample for the same slot wins
         if not writes:
             return k, _EMPTY, _EMPTY
-        pairs = writes if self.loss_aware else list(writes.items())
-        return k, torch.tensor([p[1] for p in pairs]), torch.tensor([p[0] for p in pairs])
+        return k, torch.tensor(list(writes.values())), torch.tensor(list(writes.keys()))
 
     def add(self, rows: Batch, generator: torch.Generator) -> None:
         """Offer the rows once each, in order (Algorithm R, batched: module docstring)."""
         count = rows["y"].shape[0]
-        if self.loss_aware and "score" not in rows:
-            raise ValueError("a loss-aware reservoir needs a 'score' field (the loss of each sample)")
         if self.capacity == 0 or count == 0:
             self.seen += count
             return
@@ -106,22 +93,14 @@ class ReservoirMemory(Storage):
         rows = {key: v if v.device.type == "cpu" and not v.requires_grad else v.detach().cpu() for key, v in rows.items()}
         if k:
             self.append({key: v[:k] for key, v in rows.items()})
-        if self.loss_aware:
-            for i in src.tolist():  # the victim depends on the scores after each write
-                self.write(torch.tensor([self._victim(generator)]), {key: v[i : i + 1] for key, v in rows.items()})
-        elif len(src):
+        if len(src):
             self._check(rows)
             for key, v in self._data.items():  # the rows at src go to the slots (one indexed copy)
                 v[slots] = rows[key][src].to(v.dtype)
             self.past_revision += 1
 
-    def _victim(self, generator: torch.Generator) -> int:
-        weights = 1.0 / (self.fields["score"].double().clamp(min=0) + 1e-6)
-        return int(torch.multinomial(weights, 1, generator=generator))
-
     def extra_state(self) -> dict[str, Any]:
-        return {"capacity": self.capacity, "seen": self.seen, "loss_aware": self.loss_aware}
+        return {"capacity": self.capacity, "seen": self.seen}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.capacity, self.seen = int(state["capacity"]), int(state["seen"])
-        self.loss_aware = bool(state["loss_aware"])

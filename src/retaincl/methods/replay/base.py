@@ -301,12 +301,10 @@ class MemoryLearner(NetworkLearner):
     Params = MemoryParams
     uses_exemplars = True
     state_attrs = ("net", "task_ranges", "memory_state")
-    #: reservoir with loss-aware replacement (SNCL)
-    loss_aware_memory = False
 
     def __init__(self, params: MemoryParams, ctx: LearnerContext) -> None:
         super().__init__(params, ctx)
-        self.memory = build_memory(params.memory_strategy, loss_aware=self.loss_aware_memory)
+        self.memory = build_memory(params.memory_strategy)
 
     @property
     def memory_state(self) -> dict[str, Any]:
