@@ -83,8 +83,10 @@ __all__ = ["ContinualModel", "Predictions", "DEFAULT_METHOD", "DEFAULT_PARAMS", 
 
 FORMAT = 2  # spec.json format (1: before class names, calibration and novelty)
 #: The API's default method and the defaults it gives methods (docs/practitioner.md,
-#: "Footprint": RanPAC at M = 2000 keeps 32 MB of statistics and loses 0.8 points of the
-#: M = 10000 accuracy on mnist5k, where M = 10000 would save 800 MB).
+#: "Footprint", benchmarks/model_footprint.py): RanPAC at M = 2000 saves 25.5 MB for 10
+#: mnist5k classes (a 2000 x 2000 float32 Gram matrix at most, whatever is learned) at
+#: 72.9% accuracy, against 48.5 MB (growing to a 100 MB Gram matrix with more data) and
+#: 73.1% at M = 5000, and 4.4 MB and 70.7% at M = 500.
 DEFAULT_METHOD = "ranpac"
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {"ranpac": {"projection_dim": 2000}, "ranpac_petl": {"projection_dim": 2000}}
 #: What the API needs of a method to learn after a load: it keeps no data, so RanPAC's
