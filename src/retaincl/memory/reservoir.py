@@ -1,18 +1,31 @@
-"""Reservoir sampling (Vitter 1985, Algorithm R) over the stream of training samples.
+"""Reservoir sampling (Vitter 1985, Algorithm R) over the stream of training samples,
+with a fixed capacity.
 
-The ``n``-th sample offered (0-based) is stored while the memory has room; after that
-it replaces a uniformly chosen slot with probability ``capacity / (n + 1)``. Every
-sample offered so far is then in the memory with the same probability
-``capacity / n_seen``, whatever the task boundaries: the memory is a uniform sample of
-the stream (Chaudhry et al. 2019, "On Tiny Episodic Memories"; Buzzega et al. 2020).
+The ``n``-th sample offered (0-based, counted over the whole stream, across task
+boundaries) is stored in slot ``n`` while the memory has room; after that, ``j`` is drawn
+uniformly from ``{0, ..., n}`` and the sample replaces slot ``j`` when ``j < capacity``,
+else it is dropped. Every sample offered so far is then in the memory with the same
+probability ``capacity / n_seen``: the memory is a uniform sample of the stream
+(Chaudhry et al. 2019, "On Tiny Episodic Memories", Sec. 4 and their ``update_reservior``;
+Buzzega et al. 2020 and Mammoth's ``utils/buffer.py``, ``ReservoirSampling``). The
+capacity is the *total* budget (``memory_budget: total``); a capacity that grows at each
+task (per-task or per-class budgets) would store new samples unconditionally and
+over-represent the later tasks, so the learners refuse it for this strategy.
 
-Loss-aware variant (``loss_aware=True``, used by SNCL, which takes it from Buzzega et
-al. 2020, "Rethinking Experience Replay: a Bag of Tricks", LARS): the decision to store
-is the same, but the slot to overwrite is drawn with probability proportional to
-``1 / (score + eps)`` where ``score`` is the loss a sample had when it was stored, so
-easy (low-loss) samples are replaced first and hard ones are kept. Choice: the score is
-not refreshed after storage (LARS refreshes it only when a sample is replayed; keeping
-it fixed is the simpler reading).
+Batched (:meth:`ReservoirMemory.add`): the decisions of the samples of one batch are
+independent given their stream positions (``j_k`` uniform on ``{0..n_k}``), so their
+uniforms are drawn in one call, ``j_k = floor(u_k (n_k + 1))`` with ``u_k`` uniform in
+[0, 1) in double precision, and the writes applied in stream order (when two samples of
+the batch pick the same slot, the later one wins, as in the sequential loop). The
+distribution of the memory is exactly that of the sequential algorithm (up to the
+2^-53 resolution of the uniform draw); the random stream is not the same as a
+per-sample ``randint`` loop: one ``torch.rand`` call per batch, drawn only for the
+samples that arrive once the memory is full.
+
+Shrinking (:meth:`ReservoirMemory.set_capacity`) keeps a uniformly random subset of
+the rows, so the memory stays a uniform sample of the stream at the new capacity.
+
+The loss-aware reservoir that SNCL keeps (LARS) is :mod:`retaincl.memory.loss_aware`.
 """
 
 from __future__ import annotations
@@ -23,51 +36,71 @@ import torch
 
 from retaincl.memory.storage import Batch, Storage
 
+_EMPTY = torch.empty(0, dtype=torch.long)
+
 
 class ReservoirMemory(Storage):
     """A uniform sample of everything offered so far, ``capacity`` rows at most."""
 
     kind = "reservoir"
 
-    def __init__(self, capacity: int, loss_aware: bool = False) -> None:
+    def __init__(self, capacity: int) -> None:
         super().__init__()
         if capacity < 0:
             raise ValueError(f"memory capacity must be >= 0, got {capacity}")
         self.capacity = int(capacity)
-        self.loss_aware = bool(loss_aware)
         self.seen = 0
 
-    def set_capacity(self, capacity: int) -> None:
-        """Grow (per-class budgets) or shrink (keeps a uniform subset of the rows)."""
+    def set_capacity(self, capacity: int, generator: torch.Generator | None = None) -> None:
+        """Set the capacity; shrinking keeps a uniformly random subset of the rows (drawn
+        from ``generator``). Growing leaves room that the next samples fill unconditionally,
+        which is no longer a uniform sample of the stream (see the module docstring)."""
         self.capacity = int(capacity)
         if len(self) > self.capacity:
-            self.keep(torch.arange(self.capacity))
+            keep = torch.randperm(len(self), generator=generator)[: self.capacity].sort().values
+            self.keep(keep)
+
+    def decide(self, count: int, generator: torch.Generator) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """Algorithm R for the next ``count`` samples of the stream: the number ``k`` of
+        leading samples that fill the free room, then (positions in the batch, slots)
+        of the later samples that replace a row, in stream order, one write per slot
+        (the last one). The uniforms come from ``generator`` in one call; the rest is a
+        few integer operations per sample."""
+        k = min(max(self.capacity - len(self), 0), count)
+        if k == count:
+            return k, _EMPTY, _EMPTY
+        u = torch.rand(count - k, dtype=torch.float64, generator=generator).tolist()
+        first = self.seen + k + 1  # n + 1 for the first later sample (n: 0-based stream position)
+        writes: dict[int, int] = {}
+        for i, ui in enumerate(u):
+            j = int(ui * (first + i))  # uniform on {0, ..., n}
+            if j < self.capacity:
+                writes[j] = k + i  # a later sample for the same slot wins
+        if not writes:
+            return k, _EMPTY, _EMPTY
+        return k, torch.tensor(list(writes.values())), torch.tensor(list(writes.keys()))
 
     def add(self, rows: Batch, generator: torch.Generator) -> None:
-        """Offer each row once, in order (Algorithm R)."""
-        n = len(rows["y"])
-        if self.loss_aware and "score" not in rows:
-            raise ValueError("a loss-aware reservoir needs a 'score' field (the loss of each sample)")
-        for i in range(n):
-            row = {k: v[i : i + 1] for k, v in rows.items()}
-            if len(self) < self.capacity:
-                self.append(row)
-            else:
-                j = int(torch.randint(0, self.seen + 1, (1,), generator=generator))
-                if j < self.capacity:
-                    slot = self._victim(j, generator)
-                    self.write(torch.tensor([slot]), row)
-            self.seen += 1
-
-    def _victim(self, j: int, generator: torch.Generator) -> int:
-        if not self.loss_aware:
-            return j
-        weights = 1.0 / (self.fields["score"].double().clamp(min=0) + 1e-6)
-        return int(torch.multinomial(weights, 1, generator=generator))
+        """Offer the rows once each, in order (Algorithm R, batched: module docstring)."""
+        count = rows["y"].shape[0]
+        if self.capacity == 0 or count == 0:
+            self.seen += count
+            return
+        k, src, slots = self.decide(count, generator)
+        self.seen += count
+        if not k and not len(src):
+            return  # the usual case once the memory is full: every sample dropped
+        rows = {key: v if v.device.type == "cpu" and not v.requires_grad else v.detach().cpu() for key, v in rows.items()}
+        if k:
+            self.append({key: v[:k] for key, v in rows.items()})
+        if len(src):
+            self._check(rows)
+            for key, v in self._data.items():  # the rows at src go to the slots (one indexed copy)
+                v[slots] = rows[key][src].to(v.dtype)
+            self.past_revision += 1
 
     def extra_state(self) -> dict[str, Any]:
-        return {"capacity": self.capacity, "seen": self.seen, "loss_aware": self.loss_aware}
+        return {"capacity": self.capacity, "seen": self.seen}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.capacity, self.seen = int(state["capacity"]), int(state["seen"])
-        self.loss_aware = bool(state["loss_aware"])

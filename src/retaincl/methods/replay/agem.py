@@ -4,11 +4,18 @@ GEM's ``t - 1`` constraints become one (eq. 10): the average loss over the episo
 memory must not increase, ``<g, g_ref> >= 0``, with ``g_ref`` the gradient on a batch
 drawn at random from the memories of all past tasks. When violated, the update is the
 closed-form projection of eq. 11, ``g~ = g - (<g, g_ref> / <g_ref, g_ref>) g_ref``
-(:func:`retaincl.methods.replay.grads.agem_project`).
+(:func:`retaincl.methods.replay.grads.agem_project`), applied by plain SGD.
 
-Choices: the memory is GEM's ring buffer per task (the paper fills an episodic memory
-per task; 256 per task here, as GEM); ``replay_batch_size`` is the reference batch
-(256 in the paper); only tasks before the current one are sampled.
+Checked against the official code (facebookresearch/agem, ``fc_permute_mnist.py`` and
+``model/model.py``): plain SGD (``--optim SGD``, no momentum); the first task trains
+without projection; ``g_ref`` is computed on ``eps_mem_batch = 256`` samples drawn
+without replacement from the memories of the finished tasks (all of them while they
+hold at most 256), i.e. ``replay_batch_size: 256`` and ``tasks_before`` the current one.
+Choice: the official MNIST memory keeps the last 25 samples of each class of each task
+(250 per task, a ring per class); here the memory is GEM's ring of the last 256 samples
+per task (``EpisodicMemoryParams``), so the two methods compare at equal memory.
+
+Ablation: ``project: false`` applies ``g`` as it is (finetuning).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from retaincl.registry import register_method
 @dataclass
 class AGEMParams(EpisodicMemoryParams):
     replay_batch_size: int = doc("memory samples replayed per step; 0 = batch_size", default=256)
+    project: bool = doc("GEM, A-GEM: project the gradient (false: the ablation without projection)", default=True)
 
 
 @register_method("agem")
@@ -38,6 +46,7 @@ class AGEM(MemoryLearner):
         m = self.replay(tasks_before=int(t[0]))
         g_ref = self.loss_gradient(m["x"], m["y"], m["task"]) if m else None
         g = self.loss_gradient(x, y, t)
-        if g_ref is not None:
-            assign_flat_grad(self.trainable(), agem_project(g, g_ref))
-        self.opt.step()
+        if g_ref is not None and self.params.project:
+            g = agem_project(g, g_ref)
+        assign_flat_grad(self.trainable(), g)
+        self.sgd_step()

@@ -1,11 +1,26 @@
 """ER: experience replay (Chaudhry et al., "On Tiny Episodic Memories in Continual
 Learning", 2019, Alg. 1; the "ER" baseline of Buzzega et al. 2020).
 
-Each SGD step minimises the cross-entropy on the union of the current batch ``B`` and a
-batch ``B_M`` drawn uniformly from the memory (eq. in Alg. 1: ``loss(B ∪ B_M)``). The
-memory is a reservoir over the stream by default (the paper's best strategy);
-``memory_strategy`` switches to a ring buffer per task or iCaRL herding.
-Choice: ``|B_M| = replay_batch_size`` (0 = the training batch size, as in the paper).
+Each SGD step minimises one cross-entropy on the union of the current batch ``B`` and a
+batch ``B_M`` drawn uniformly without replacement from the memory (Alg. 1:
+``loss(B ∪ B_M)``, one mean over the concatenated batch); then ``B`` is offered to the
+memory. The memory is a reservoir over the whole stream with a fixed total capacity
+(Alg. 1 with reservoir sampling, the paper's default; the official ``ER`` of
+facebookresearch/agem, ``fc_permute_mnist.py``: ``update_reservior`` after each step,
+replay batch = 10 = the training batch; Mammoth ``models/er.py``: the same order,
+``Buffer`` with ``ReservoirSampling``). So while task ``t`` is trained the memory
+already holds some of task ``t``'s own samples (about ``1/(t+1)`` of it by the task's
+end).
+
+``memory_strategy`` switches the memory: ``task_balanced`` is Avalanche's
+``ReplayPlugin`` default (``ExperienceBalancedBuffer``: an equal random share per task,
+filled at the end of each task, so replayed samples all come from earlier tasks; the
+replay batch is also concatenated to the current one, ``ReplayDataLoader``),
+``class_balanced`` its ``ClassBalancedBuffer``; ``ring`` is GEM's per-task ring,
+``herding`` iCaRL's. Choice: ``|B_M| = replay_batch_size`` (0 = the training batch
+size, as in the paper, Mammoth's ``minibatch_size`` and Avalanche's ``batch_size_mem``).
+
+Ablation: ``memory_size: 0`` leaves no memory, and ER is finetuning.
 """
 
 from __future__ import annotations

@@ -1,17 +1,40 @@
 """GEM: Gradient Episodic Memory (Lopez-Paz and Ranzato, NeurIPS 2017).
 
 Each past task ``k`` keeps an episodic memory ``M_k`` (a ring buffer of its last
-``memory_size`` samples: ``memory_budget: per_task``, 256 on MNIST in the paper). At
+``memory_size`` samples: ``memory_budget: per_task``, 256 on MNIST in the paper and in
+the official ``run_experiments.sh``: ``--n_memories 256 --memory_strength 0.5``). At
 every step, with ``g`` the gradient of the current batch's loss and ``g_k`` the
-gradient of the loss on ``M_k`` (eq. 6-7: the constraint ``<g, g_k> >= 0`` for all
-``k < t``), a violated constraint triggers the projection of eq. 10-11: the dual QP
-solved in :func:`retaincl.methods.replay.grads.gem_project` (margin 0.5
-as in the official code). The projected gradient is then applied by the optimiser.
+gradient of the mean loss on the whole of ``M_k`` (eq. 6-7: the constraint
+``<g, g_k> >= 0`` for all ``k < t``), a violated constraint triggers the projection of
+eq. 10-11: the dual QP solved in :func:`retaincl.methods.replay.grads.gem_project`
+(``margin`` = the official ``memory_strength``, 0.5). The projected gradient is then
+applied by plain SGD (official ``model/gem.py``: ``optim.SGD(self.parameters(), lr)``,
+no momentum, no weight decay; the config refuses others, which would change the
+projected step).
 
 Choices: the memory of the current task is filled while it is trained and never
 constrains it (as the official code); past-task losses use the same logits as training
-(all seen classes; the task's own classes in task-incremental streams); all trainable
-parameters (backbone included when trained) enter ``g``.
+(all seen classes; the task's own classes in task-incremental streams; the official
+MNIST code uses all 10 outputs, which are the seen classes on the permuted and rotated
+streams); all trainable parameters (backbone included when trained) enter ``g``.
+
+The dual QP carries the official ridge, ``G G' + 1e-3 I`` (``project2cone2(...,
+eps=1e-3)``, also Avalanche's ``GEMPlugin``): ``qp_ridge``. It is not only numerical: the
+gradients of an MLP's losses are small (``|g_k|^2`` of order 1e-3), so the ridge keeps
+the dual variables small and the projection gentle, and the constraints then hold up
+to ``1e-3 v_k``. ``qp_ridge: 0`` solves the paper's QP exactly (every ``<g~, g_k> >= 0``):
+on class-incremental Split-MNIST, seed 0, it ends at 72.4% against 78.5% with the ridge.
+
+Speed: the past tasks' memories do not change while a task is trained (a ring only
+overwrites the current task's slots), so they are gathered once per task, as one tensor
+(:meth:`GEM.past_memories`, re-gathered only if the memory's past rows change, e.g. a
+reservoir strategy). On an MLP the ``t - 1`` memory gradients come from one forward and
+one backward pass over all memories together, each task's gradient being the sum of its
+rows' per-sample gradients (:func:`~retaincl.methods.replay.grads.linear_group_gradients`);
+other networks take one pass per task. Same gradients up to float summation order.
+
+Ablation: ``project: false`` applies ``g`` without projection (finetuning that also
+computes the memory gradients).
 """
 
 from __future__ import annotations
@@ -19,16 +42,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from retaincl.config import doc
+from retaincl.data.scenarios import Task
+from retaincl.methods.base import LearnerContext
 from retaincl.methods.replay.base import EpisodicMemoryParams, MemoryLearner
-from retaincl.methods.replay.grads import assign_flat_grad, gem_project
+from retaincl.methods.replay.grads import (
+    LinearTape,
+    assign_flat_grad,
+    gem_project,
+    linear_group_gradients,
+)
 from retaincl.registry import register_method
 
 
 @dataclass
 class GEMParams(EpisodicMemoryParams):
     margin: float = doc("GEM: lower bound of the dual variables (the official code's memory_strength)", default=0.5)
+    project: bool = doc("GEM, A-GEM: project the gradient (false: the ablation without projection)", default=True)
+    qp_ridge: float = doc("GEM: ridge added to G G' in the dual QP (the official code's eps, 1e-3; 0 = exact QP)", default=1e-3)
 
 
 @register_method("gem")
@@ -37,15 +70,57 @@ class GEM(MemoryLearner):
 
     Params = GEMParams
 
+    def __init__(self, params: GEMParams, ctx: LearnerContext) -> None:
+        super().__init__(params, ctx)
+        self._past_key: tuple[int, int] | None = None
+        self._past: tuple[dict[str, torch.Tensor], list[int]] = ({}, [])
+        self._tape: LinearTape | None = None
+
+    def begin_task(self, task: Task) -> None:
+        super().begin_task(task)
+        self._past_key = None
+
+    def past_memories(self, current: int) -> tuple[dict[str, torch.Tensor], list[int]]:
+        """The memories of the tasks before ``current``, concatenated, on the device, and
+        their sizes (gathered once while the memory's rows of past tasks stay the same)."""
+        key = (current, self.memory.past_revision)
+        if self._past_key != key:
+            parts = [self.memory.rows_of_task(k) for k in self.memory.tasks() if k < current]
+            parts = [p for p in parts if p]
+            self._past = (
+                {name: torch.cat([p[name] for p in parts]).to(self.device) for name in ("x", "y", "task")} if parts else {},
+                [len(p["y"]) for p in parts],
+            )
+            self._past_key = key
+        return self._past
+
+    def past_gradients(self, current: int) -> torch.Tensor | None:
+        """``G``: the mean-loss gradient of each past task's memory (rows), or None."""
+        rows, sizes = self.past_memories(current)
+        if not sizes:
+            return None
+        if self._tape is None:
+            self._tape = LinearTape(self.net, self.trainable())
+        losses: list[torch.Tensor] = []
+
+        def per_sample(logits: torch.Tensor) -> torch.Tensor:
+            losses.append(F.cross_entropy(self.train_logits(logits, rows["task"]), rows["y"], reduction="none"))
+            return losses[-1]
+
+        G = linear_group_gradients(self._tape, rows["x"], per_sample, sizes) if self._tape.ok else None
+        if G is not None:
+            self.check_loss(losses[-1].mean())
+            return G
+        bounds = [0, *torch.cumsum(torch.as_tensor(sizes), 0).tolist()]
+        return torch.stack([
+            self.loss_gradient(rows["x"][lo:hi], rows["y"][lo:hi], rows["task"][lo:hi])
+            for lo, hi in zip(bounds[:-1], bounds[1:])
+        ])
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> None:
-        current = int(t[0])
-        past = []
-        for k in self.memory.tasks():
-            if k >= current:
-                continue
-            rows = {key: v.to(self.device) for key, v in self.memory.rows_of_task(k).items()}
-            past.append(self.loss_gradient(rows["x"], rows["y"], rows["task"]))
+        G = self.past_gradients(int(t[0]))
         g = self.loss_gradient(x, y, t)
-        if past:
-            assign_flat_grad(self.trainable(), gem_project(g, torch.stack(past), margin=self.params.margin))
-        self.opt.step()
+        if G is not None and self.params.project:
+            g = gem_project(g, G, margin=self.params.margin, eps=self.params.qp_ridge)
+        assign_flat_grad(self.trainable(), g)
+        self.sgd_step()

@@ -43,7 +43,7 @@ class ContinualNet(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The input of the classifier (herding uses it)."""
-        h, _ = self.backbone_activations(x)
+        h = x if self.backbone is None else self.backbone(x)
         for layer in self.hidden:
             h = torch.relu(layer(h))
         return h
