@@ -62,6 +62,11 @@ FACTS: dict[str, MethodFacts] = {
         "logits", "fixed", "a D x C linear head; keeps references to every task's data", exemplars=True,
         api="it retrains on every task's data and keeps references to it: a research upper bound, not a deployable model",
     ),
+    "finetune_net": MethodFacts("logits", "fixed", "the network (plus the backbone with train_backbone)"),
+    "joint_net": MethodFacts(
+        "logits", "fixed", "the network; keeps references to every task's data", exemplars=True,
+        api="it retrains on every task's data and keeps references to it: a research upper bound, not a deployable model",
+    ),
     "er": MethodFacts("logits", "fixed", f"network and {_EXEMPLARS} (total by default)", exemplars=True),
     "derpp": MethodFacts("logits", "fixed", f"network and {_EXEMPLARS} with their logits (total by default)", exemplars=True),
     "agem": MethodFacts("logits", "per task", f"network and {_EXEMPLARS} (256 per task by default)", exemplars=True),
