@@ -76,6 +76,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     for title, reg in (("methods", METHODS), ("backbones", BACKBONES), ("data sources", DATA_SOURCES), ("scenarios", SCENARIOS)):
         print(f"{title}:")
+        if reg is METHODS:  # with exemplars and model growth (retaincl.practitioner.facts)
+            from retaincl.practitioner.facts import method_lines
+
+            print("\n".join(method_lines(first_line)))
+            continue
         for name, obj in reg.items():
             print(f"  {name:<18} {first_line(obj)}")
     print("  (any timm model name also works as a backbone)")
@@ -156,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     from retaincl.anomaly.cli import add_subparsers as add_anomaly
 
     add_anomaly(sub)  # retaincl anomaly, retaincl anomaly-score
+    from retaincl.practitioner.commands import add_subparsers as add_practitioner
+
+    add_practitioner(sub)  # retaincl learn, retaincl predict
     return parser
 
 

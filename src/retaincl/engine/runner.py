@@ -54,6 +54,7 @@ class Session:
     device: torch.device
     setup_seconds: float = 0.0
     skipped_images: list[dict[str, str]] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)  # the source's, by source label
 
     @classmethod
     def create(cls, cfg: ExperimentConfig) -> Session:
@@ -71,7 +72,10 @@ class Session:
         check_transform(cfg, source)
         cache_dir = cfg.cache.dir if cfg.cache.enabled else None
         features = FeatureStore(backbone, device, cache_dir, cfg.eval.batch_size, cfg.quiet)
-        return cls(cfg, stream, backbone, features, device, time.perf_counter() - start, source.skipped_images)
+        return cls(
+            cfg, stream, backbone, features, device, time.perf_counter() - start, source.skipped_images,
+            list(source.class_names),
+        )
 
     def run_name(self) -> str:
         c = self.cfg
@@ -312,6 +316,7 @@ def run_method(
             "kind": stream.kind,
             "description": stream.description,
             "class_order": stream.class_order,
+            "class_names": [session.class_names[c] for c in stream.class_order] if session.class_names else None,
             "tasks": [{"classes": t.classes, "domain": t.domain, "train_size": len(t.train), "test_size": len(t.test)} for t in stream.tasks],
             "task_id_at_test": stream.task_id_at_test,
         },

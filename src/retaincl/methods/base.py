@@ -71,6 +71,9 @@ class Learner:
     needs_task_id: ClassVar[bool] = False
     #: True: the method keeps past samples (exemplars); recorded in results.
     uses_exemplars: ClassVar[bool] = False
+    #: how the saved state grows: "fixed", "per class" or "per task" (`retaincl list`);
+    #: None: as listed in retaincl.practitioner.facts.FACTS
+    model_growth: ClassVar[str | None] = None
     #: attributes that are the learned state (saved in checkpoints).
     state_attrs: ClassVar[tuple[str, ...]] = ()
 
