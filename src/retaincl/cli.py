@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     from retaincl.anomaly.cli import add_subparsers as add_anomaly
 
     add_anomaly(sub)  # retaincl anomaly, retaincl anomaly-score
+
+    from retaincl.engine.slurm import add_subparser as add_submit
+
+    add_submit(sub)  # retaincl submit: config x seed sweeps on Slurm (submitit)
     return parser
 
 
