@@ -45,7 +45,7 @@ DRIVER = textwrap.dedent(
     from retaincl.backbones.feature_cache import FeatureStore
     from retaincl.engine import distributed
 
-    counts = {"extract_rows": 0, "extract_total": 0, "train_rows": 0, "steps": 0}
+    counts = {"extract_rows": 0, "extract_total": 0, "train_rows": 0, "global_rows": 0, "steps": 0}
     my_batches, shard_batch, extract = distributed.my_batches, distributed.shard_batch, FeatureStore._extract
 
     def counted_batches(n, bs):  # also used by evaluation: counted inside extraction only
@@ -57,6 +57,7 @@ DRIVER = textwrap.dedent(
     def counted_shard(owner, idx):
         local = shard_batch(owner, idx)
         counts["train_rows"] += len(local)
+        counts["global_rows"] += len(idx)
         counts["steps"] += 1
         return local
 
@@ -147,7 +148,8 @@ def test_two_gloo_processes_give_the_single_process_accuracy_matrix(tmp_path):
     assert r0["extract_rows"] + r1["extract_rows"] == r0["extract_total"]
     assert min(r0["extract_rows"], r1["extract_rows"]) > 0.3 * r0["extract_total"]
     # ... and trained on about half of each global batch (finetune and SLCA's steps)
-    assert r0["steps"] == r1["steps"] > 0
+    assert r0["steps"] == r1["steps"] > 0 and r0["global_rows"] == r1["global_rows"]
+    assert r0["train_rows"] + r1["train_rows"] == r0["global_rows"]
     assert abs(r0["train_rows"] - r1["train_rows"]) <= r0["steps"]
     # the feature cache was written once, by rank 0 (rank 1's writes raise in the driver)
     assert any((tmp_path / "cache-two").rglob("*.npy"))
