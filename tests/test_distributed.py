@@ -126,7 +126,8 @@ def two_processes(tmp_path: Path) -> tuple[Path, list[dict]]:
          str(driver), str(tmp_path), "run", str(cfg)],
         env=env, capture_output=True, text=True, timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    errors = [line for line in proc.stderr.splitlines() if "Error" in line and "ChildFailedError" not in line]
+    assert proc.returncode == 0, "\n".join(errors[:6]) + "\n" + proc.stderr[-2000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     return tmp_path / "two", ranks
 
