@@ -164,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     from retaincl.practitioner.commands import add_subparsers as add_practitioner
 
     add_practitioner(sub)  # retaincl learn, retaincl predict
+
+    from retaincl.engine.slurm import add_subparser as add_submit
+
+    add_submit(sub)  # retaincl submit: config x seed sweeps on Slurm (submitit)
     return parser
 
 

@@ -214,6 +214,22 @@ class CacheConfig:
 
 
 @dataclass
+class LoaderConfig:
+    """How images reach the device (``retaincl.data.loader``); changes no number."""
+
+    workers: int | None = doc(
+        "processes that decode image files (folder sources) in parallel; null = the cores available "
+        "minus one, at most 8; 0 = decode in the main process",
+        default=None,
+    )
+    decode_once: bool = doc(
+        "folder sources: decode every image once into memory (N x 3 x S x S bytes) when a method first "
+        "reads images by index (end-to-end training, their evaluation), instead of at every epoch",
+        default=True,
+    )
+
+
+@dataclass
 class EvalConfig:
     batch_size: int = doc("batch size for feature extraction and evaluation", default=256)
 
@@ -242,6 +258,12 @@ class ExperimentConfig:
     transform: TransformConfig = doc("input transforms: test resize/crop, normalisation, augmentation", default_factory=TransformConfig)
     cache: CacheConfig = doc("feature cache", default_factory=CacheConfig)
     eval: EvalConfig = doc("evaluation", default_factory=EvalConfig)
+    precision: Literal["fp32", "bf16"] = doc(
+        "fp32, or bf16 autocast for the backbone's feature extraction and for end-to-end methods' training "
+        "and prediction (float64 statistics are never cast)",
+        default="fp32",
+    )
+    loader: LoaderConfig = doc("data pipeline: decoding workers, decode once", default_factory=LoaderConfig)
 
     @property
     def method_names(self) -> list[str]:

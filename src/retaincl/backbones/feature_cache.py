@@ -7,6 +7,13 @@ set (name, split, content fingerprint) and the shift. An entry is a ``.npy`` fil
 a ``.json`` that holds its sha256, shape and key; the JSON is written last and both are
 written atomically, so a partial or corrupt entry fails the check and is rebuilt.
 
+Extraction streams the images through :func:`retaincl.data.loader.image_batches` (folder
+images decoded by worker processes, pinned 8-bit batches on GPUs), in bf16 autocast with
+``precision: bf16`` (part of the key then). Under ``torchrun`` the batches are shared out
+round-robin over the ranks and gathered (:mod:`retaincl.engine.distributed`): every rank
+gets the features a single process computes, and rank 0 alone reads and writes the disk
+cache, broadcasting what it read.
+
 The cache only ever saves time: a folder that cannot be created or written, or a disk
 that fills up while saving, turns the cache off for the rest of the run with a warning
 (``disabled_reason``, recorded in the results) and features are computed in memory.
@@ -29,7 +36,9 @@ from tqdm.auto import tqdm
 
 from retaincl.backbones.base import Backbone
 from retaincl.data.images import ImageSet, InputsOnly, SplitUnion, TaskSplit
+from retaincl.data.loader import autocast, image_batches, to_layout
 from retaincl.data.shifts import DomainShift, Identity
+from retaincl.engine import distributed
 from retaincl.engine.files import atomic_write_bytes, atomic_write_text, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
@@ -54,12 +63,17 @@ class FeatureStore:
         cache_dir: str | Path | None,
         batch_size: int = 256,
         quiet: bool = False,
+        precision: str = "fp32",
+        workers: int | None = None,
     ) -> None:
         self.backbone = backbone
         self.device = device
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        # rank 0 alone reads and writes the disk cache (and broadcasts what it read)
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir and distributed.is_main() else None
         self.batch_size = batch_size
-        self.quiet = quiet
+        self.quiet = quiet or not distributed.is_main()
+        self.precision = precision
+        self.workers = workers
         self.stats = CacheStats()
         self.disabled_reason: str | None = None
         self._memory: dict[str, torch.Tensor] = {}
@@ -91,6 +105,8 @@ class FeatureStore:
             "shift": shift.key,
             "version": 1,
         }
+        if self.precision != "fp32":  # fp32 keys are those of entries written before the option
+            spec["precision"] = self.precision
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 
     def get(self, split: TaskSplit | InputsOnly | SplitUnion) -> torch.Tensor:
@@ -105,6 +121,8 @@ class FeatureStore:
         if key in self._memory:
             return self._memory[key]
         feats = self._load(key) if self.cache_dir else None
+        if distributed.active() and distributed.broadcast_object(feats is not None):
+            feats = distributed.broadcast_tensor(feats)  # rank 0 read it; the others receive it
         if feats is None:
             feats = self._extract(images, shift)
             if self.cache_dir:
@@ -165,22 +183,23 @@ class FeatureStore:
 
     @torch.no_grad()
     def _extract(self, images: ImageSet, shift: DomainShift) -> torch.Tensor:
+        """Features of every image of ``images`` under ``shift``, in batches of
+        ``batch_size`` (this rank's batches, gathered across ranks under torchrun)."""
         start = time.perf_counter()
         was_training = self.backbone.training
         self.backbone.eval()
         n = len(images)
+        mine = [np.arange(lo, hi) for lo, hi in distributed.my_batches(n, self.batch_size)]
+        stream = image_batches(images, mine, self.device, shift, self.workers)
+        bar = tqdm(stream, total=len(mine), desc=f"features {images.name}/{images.split} {shift.key}",
+                   disable=self.quiet, leave=False)
         out = []
-        bar = tqdm(
-            range(0, n, self.batch_size),
-            desc=f"features {images.name}/{images.split} {shift.key}",
-            disable=self.quiet,
-            leave=False,
-        )
-        for lo in bar:
-            batch = shift(images.images(range(lo, min(lo + self.batch_size, n))))
-            out.append(self.backbone(batch.to(self.device)).float().cpu())
+        with autocast(self.device, self.precision):
+            for batch in bar:
+                out.append(self.backbone(to_layout(batch, self.backbone)).float().cpu())
         self.backbone.train(was_training)
-        feats = torch.cat(out) if out else torch.empty(0, self.backbone.feature_dim)
+        local = torch.cat(out) if out else torch.empty(0, self.backbone.feature_dim)
+        feats = distributed.gather_batches(local, n, self.batch_size) if n else local
         self.stats.extracted_samples += n
         self.stats.extraction_seconds += time.perf_counter() - start
         return feats

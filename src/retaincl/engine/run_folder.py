@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from retaincl.config import ExperimentConfig, method_params, to_dict
+from retaincl.engine import distributed
 from retaincl.engine.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ class RunError(RuntimeError):
     """A run cannot start as configured; the message says why and what to change."""
 
 #: Config keys that do not change the numbers: left out of the config hash.
-UNHASHED_KEYS = ("quiet", "method", "cache", "output_dir", "eval", "threads")
+UNHASHED_KEYS = ("quiet", "method", "cache", "output_dir", "eval", "threads", "loader")
 
 
 def hashed_config(cfg: ExperimentConfig, method: str) -> dict[str, Any]:
@@ -37,6 +38,8 @@ def hashed_config(cfg: ExperimentConfig, method: str) -> dict[str, Any]:
     tree = to_dict(cfg)
     for key in UNHASHED_KEYS:
         tree.pop(key, None)
+    if tree.get("precision") == "fp32":  # the default: hashes of runs from before the key stay valid
+        tree.pop("precision")
     tree["methods"] = {method: to_dict(method_params(method, cfg.methods.get(method)))}
     return tree
 
@@ -115,5 +118,13 @@ def open_run_folder(
         raise RunError(
             f"{ckpt_path} was written by a run with {n} thread(s) and this one has {threads}; some numbers "
             f"depend on the thread count, so continue it with --set threads={n}, or pass --fresh to start over"
+        )
+    processes = distributed.world_size()
+    if ckpt.get("world_size", 1) != processes:
+        n = ckpt.get("world_size", 1)
+        raise RunError(
+            f"{ckpt_path} was written by a run over {n} process(es) and this one has {processes}; the training "
+            f"steps' rounding depends on it, so continue it with {n} process(es) (torchrun --nproc_per_node), "
+            f"or pass --fresh to start over"
         )
     return None, ckpt

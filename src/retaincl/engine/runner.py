@@ -25,6 +25,8 @@ from retaincl.backbones import Backbone, build_backbone
 from retaincl.backbones.feature_cache import FeatureStore
 from retaincl.config import ExperimentConfig, method_params, to_dict
 from retaincl.data import Stream, Task, build_stream, load_source
+from retaincl.data.loader import autocast, decode_once, prepare_backbone
+from retaincl.engine import distributed
 from retaincl.engine.checkpoint import save_checkpoint
 from retaincl.engine.environment import (
     environment,
@@ -59,19 +61,24 @@ class Session:
     @classmethod
     def create(cls, cfg: ExperimentConfig) -> Session:
         start = time.perf_counter()
-        check_output_dir(cfg.output_dir)
+        device = distributed.init(resolve_device(cfg.device))  # torchrun: this rank's device
+        if distributed.is_main():
+            check_output_dir(cfg.output_dir)
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
-        device = resolve_device(cfg.device)
         source = load_source(cfg.data)
+        if cfg.loader.decode_once:
+            decode_once(source, cfg.loader.workers)
         stream = build_stream(cfg.scenario, source)
         check_methods(cfg, stream)
         seed_everything(cfg.seed)  # randomly initialised backbones (mlp, pretrained=false) follow the run seed
-        backbone = build_backbone(cfg.backbone, cfg.transform).to(device).eval()
+        backbone = prepare_backbone(build_backbone(cfg.backbone, cfg.transform).to(device).eval(), device)
         backbone.requires_grad_(False)
         check_transform(cfg, source)
         cache_dir = cfg.cache.dir if cfg.cache.enabled else None
-        features = FeatureStore(backbone, device, cache_dir, cfg.eval.batch_size, cfg.quiet)
+        features = FeatureStore(
+            backbone, device, cache_dir, cfg.eval.batch_size, cfg.quiet, cfg.precision, cfg.loader.workers
+        )
         return cls(
             cfg, stream, backbone, features, device, time.perf_counter() - start, source.skipped_images,
             list(source.class_names),
@@ -164,21 +171,27 @@ def stop_if_diverged(learner: Learner, task_index: int, cause: BaseException | N
 
 
 def evaluate_task(learner: Learner, task: Task, stream: Stream) -> tuple[int, int]:
-    """(correct, total) of ``learner`` on ``task``'s test data; labels never leave here."""
-    logits = learner.predict_logits(task.test.inputs())
-    if bool(torch.isnan(logits).any() or torch.isposinf(logits).any()):  # -inf is a mask, +inf an overflow
+    """(correct, total) of ``learner`` on ``task``'s test data; labels never leave here.
+    Under torchrun each rank predicts its share of whole evaluation batches and the
+    counts are summed (:mod:`retaincl.engine.distributed`)."""
+    inputs, targets = task.test.inputs(), torch.as_tensor(task.test.targets)
+    mine = distributed.my_positions(len(inputs), learner.ctx.eval_batch_size)
+    if mine is not None:
+        inputs, targets = inputs.subset(mine), targets[torch.as_tensor(mine)]
+    logits = learner.predict_logits(inputs)
+    diverged = bool(torch.isnan(logits).any() or torch.isposinf(logits).any())  # -inf is a mask, +inf an overflow
+    if distributed.any_rank(diverged):
         raise DivergenceError(
             f"{learner.name}: NaN or infinite predictions on the test data of task {task.index} (after "
             f"{learner.tasks_done} task(s)); the run diverged. Lower methods.{learner.name}.lr and run again"
         )
-    targets = torch.as_tensor(task.test.targets)
     if stream.task_id_at_test:
         mask = torch.full((logits.shape[1],), float("-inf"))
         mask[[c for c in task.classes if c < logits.shape[1]]] = 0.0
         logits = logits + mask
-    if logits.shape[1] == 0:
-        return 0, len(targets)
-    return int((logits.argmax(1) == targets).sum()), len(targets)
+    correct = 0 if logits.shape[1] == 0 else int((logits.argmax(1) == targets).sum())
+    correct, total = distributed.sum_ints(correct, len(targets))
+    return correct, total
 
 
 def build_learner(session: Session, method: str) -> Learner:
@@ -198,7 +211,7 @@ def build_learner(session: Session, method: str) -> Learner:
         seed=session.cfg.seed,
         num_classes=session.stream.num_classes,
         scenario=kind,
-        quiet=session.cfg.quiet,
+        quiet=session.cfg.quiet or not distributed.is_main(),
         eval_batch_size=session.cfg.eval.batch_size,
     )
     return cls(params, ctx)
@@ -218,13 +231,19 @@ def run_method(
     cfg, stream = session.cfg, session.stream
     out_dir = Path(cfg.output_dir).expanduser() / session.run_name() / method
     ckpt_path, results_path = out_dir / "checkpoint.pt", out_dir / "results.json"
-    remove_stale_temp_files(out_dir)
     chash, hashed = config_hash(cfg, method), hashed_config(cfg, method)
-    finished, ckpt = open_run_folder(out_dir, chash, hashed, resume, overwrite)
+
+    def open_folder() -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        remove_stale_temp_files(out_dir)
+        return open_run_folder(out_dir, chash, hashed, resume, overwrite)
+
+    finished, ckpt = distributed.on_main(open_folder)  # rank 0 reads the folder; every rank follows
     if finished is not None:
         log.info("%s finished earlier with this config: results reused (--fresh runs it again)", method)
         return finished | {"reused": True}
     learner = build_learner(session, method)
+    trains_images = not learner.frozen_backbone or bool(getattr(learner.params, "train_backbone", False))
+    precision = cfg.precision if trains_images else "fp32"  # frozen-feature methods: statistics as they are
     T = len(stream)
     R = np.full((T, T), np.nan)
     correct = np.zeros((T, T), dtype=np.int64)
@@ -250,7 +269,8 @@ def run_method(
     def timed(phase: str, fn, *args) -> Any:
         ex0 = stats.extraction_seconds
         t0 = time.perf_counter()
-        value = fn(*args)
+        with autocast(session.device, precision):
+            value = fn(*args)
         elapsed = time.perf_counter() - t0
         extraction = stats.extraction_seconds - ex0
         timer.add(phase, elapsed - extraction)
@@ -260,9 +280,11 @@ def run_method(
     def evaluate_row(upto: int) -> list[tuple[int, int]]:
         return [evaluate_task(learner, stream.tasks[j], stream) for j in range(upto)]
 
-    bar = tqdm(range(start_task, T), desc=method, disable=cfg.quiet or not progress, initial=start_task, total=T)
+    bar = tqdm(range(start_task, T), desc=method, disable=cfg.quiet or not progress or not distributed.is_main(),
+               initial=start_task, total=T)
     for i in bar:
         task = stream.tasks[i]
+        distributed.sync_rng()
         (_, t_begin, x_begin) = timed("fit", learner.begin_task, task)
         if i == 0 and stream.fixed_label_space and initial is None:
             res = timed("evaluation", evaluate_row, T)[0]
@@ -276,6 +298,7 @@ def run_method(
             stop_if_diverged(learner, i, err)
             raise
         stop_if_diverged(learner, i)
+        distributed.check_consistent(learner, i)
         res, t_eval, x_eval = timed("evaluation", evaluate_row, T if stream.fixed_label_space else i + 1)
         for j, (c, n) in enumerate(res):
             correct[i, j] = c
@@ -287,10 +310,13 @@ def run_method(
         })
         acc_now = correct[i, : i + 1].sum() / max(sum(len(t.test) for t in stream.tasks[: i + 1]), 1)
         bar.set_postfix(acc=f"{acc_now:.3f}")
+        if not distributed.is_main():
+            continue  # rank 0 alone writes
         save_checkpoint(ckpt_path, {
             "config_hash": chash,
             "hashed_config": hashed,
             "threads": torch.get_num_threads(),
+            "world_size": distributed.world_size(),
             "method": method,
             "tasks_done": i + 1,
             "complete": i + 1 == T,
@@ -342,7 +368,9 @@ def run_method(
         "checkpoint_bytes": ckpt_path.stat().st_size if ckpt_path.exists() else None,
         "resumed_from_task": resumed_from,
         "environment": environment(session.device),
+        "distributed": distributed.describe(),
         "results_path": str(results_path),
     }
-    atomic_write_json(results_path, results)
+    if distributed.is_main():
+        atomic_write_json(results_path, results)
     return results

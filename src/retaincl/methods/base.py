@@ -20,6 +20,7 @@ restored by the base, so most methods only list them.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -33,6 +34,7 @@ from retaincl.backbones.base import Backbone
 from retaincl.backbones.feature_cache import FeatureStore
 from retaincl.data.images import InputsOnly, SplitUnion, TaskSplit
 from retaincl.data.scenarios import Task
+from retaincl.engine import distributed
 
 
 class DivergenceError(FloatingPointError):
@@ -155,19 +157,43 @@ class Learner:
     def train_images(self, split: TaskSplit | SplitUnion, positions: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Training images at ``positions`` of ``split`` on the device, with the backbone's
         training augmentation (``transform.train_crop`` / ``train_hflip``) drawn from this
-        learner's generator; unchanged images when no augmentation is configured."""
+        learner's generator; unchanged images when no augmentation is configured.
+
+        In a sharded step (:meth:`local_batch`) with augmentation, the whole global batch
+        is augmented, as in a single process, and this rank's rows are kept: every rank's
+        generator then stays where a single process's would be."""
+        sync = distributed.sharded_step(self)
+        if sync is not None and self.ctx.backbone.transform.augments and sync.is_local(positions):
+            raw = split.images(np.asarray(sync.global_idx, dtype=np.int64)).to(self.device)
+            return self.ctx.backbone.augment(raw, self.generator)[sync.local_rows.to(self.device)]
         raw = split.images(np.asarray(positions, dtype=np.int64)).to(self.device)
         return self.ctx.backbone.augment(raw, self.generator)
+
+    def local_batch(self, idx: torch.Tensor) -> torch.Tensor:
+        """This process's rows of the global training batch ``idx``: all of it in a single
+        process; under ``torchrun``, rows ``rank, rank + N, ...`` (DistributedSampler's
+        interleaving), with the gradients of the learner's trainable parameters summed
+        across ranks when the step's backward pass ends (each rank's weighted by its share),
+        which is the gradient of the single-process mean loss over ``idx``. ``batch_size``
+        stays the global batch. A training loop opts in with one line,
+        ``idx = self.local_batch(order[lo : lo + batch_size])``, where a step's only effect
+        on the learned state is its gradient (no memory writes from the batch), with one
+        backward pass per step and ``check_finite`` on its loss (docs/scale.md)."""
+        return distributed.shard_batch(self, idx)
 
     def check_finite(self, loss: torch.Tensor, task_index: int, step: int) -> None:
         """Stop a diverged run: a NaN or infinite training loss raises
         :class:`DivergenceError` naming the method, the task and the step. Every method
         that trains calls this on each step's loss (the runner also checks the learned
         state for NaN after each task)."""
-        if not bool(torch.isfinite(loss.detach()).all()):
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if distributed.active() and distributed.any_rank(not finite):  # every rank stops at the same step
+            finite = False
+        if not finite:
+            value = float(loss.detach().float().flatten()[0])
             raise DivergenceError(
-                f"{self.name}: the training loss became {float(loss.detach().float().flatten()[0])} in task "
-                f"{task_index} at step {step}; the run diverged. Lower methods.{self.name}.lr (or the "
+                f"{self.name}: the training loss became {value if not math.isfinite(value) else 'NaN on another rank'} "
+                f"in task {task_index} at step {step}; the run diverged. Lower methods.{self.name}.lr (or the "
                 f"method's loss weights) and run again"
             )
 

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 
 from retaincl.config import ConfigError, doc
 from retaincl.data.scenarios import Task
+from retaincl.engine import distributed
 from retaincl.methods.base import Learner, LearnerContext
 from retaincl.registry import register_method
 
@@ -152,12 +153,21 @@ class FeCAM(Learner):
         feats, labels = self.features_and_labels(task.train)
         x = self.transform(feats)
         labels = labels.long()
-        self.counts.index_add_(0, labels, torch.ones(len(labels), dtype=torch.float64))
-        self.sums.index_add_(0, labels, x)
-        if self.params.covariance == "per_class":
+        per_class = self.params.covariance == "per_class"
+        mine = torch.as_tensor(distributed.local_rows(len(labels)))  # all rows in one process
+
+        def add(t: list[torch.Tensor]) -> None:  # this rank's rows' counts, sums, outer products
+            xm, ym = x[mine], labels[mine]
+            t[0].index_add_(0, ym, torch.ones(len(ym), dtype=torch.float64))
+            t[1].index_add_(0, ym, xm)
+            if per_class:
+                for c in labels.unique().tolist():
+                    xc = xm[ym == c]
+                    t[2][c] += xc.T @ xc
+
+        distributed.add_reduced_([self.counts, self.sums, self.outer_sums] if per_class else [self.counts, self.sums], add)
+        if per_class:
             for c in labels.unique().tolist():
-                xc = x[labels == c]
-                self.outer_sums[c] += xc.T @ xc
                 self._class_precisions.pop(c, None)
         elif self.params.covariance == "shared":
             self.task_covs.append(torch.cov(x.T))

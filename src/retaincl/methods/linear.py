@@ -87,7 +87,7 @@ class LinearHeadLearner(Learner):
         for _ in self.progress(range(p.epochs), desc):
             order = torch.randperm(n, generator=self.generator)
             for lo in range(0, n, p.batch_size):
-                idx = order[lo : lo + p.batch_size]
+                idx = self.local_batch(order[lo : lo + p.batch_size])  # this rank's rows under torchrun
                 if inputs is None:
                     feats = self.backbone(self.train_images(split, idx))
                 else:

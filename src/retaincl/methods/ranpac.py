@@ -56,6 +56,7 @@ import torch.nn.functional as F
 
 from retaincl.config import doc
 from retaincl.data.scenarios import Task
+from retaincl.engine import distributed
 from retaincl.methods.base import Learner, LearnerContext
 from retaincl.registry import register_method
 
@@ -188,10 +189,15 @@ class RidgeStatistics:
         self.samples += int(h.shape[0])
         if self.blocks is not None and self.rank + h.shape[0] > self.dim // 2:
             self.to_full()
-        if self.blocks is None:
-            h = h.double()
-            self.core += h.T @ h
-            self.coords += h.T @ y
+        if self.blocks is None:  # a sum over rows: under torchrun each rank adds its share
+            mine = torch.as_tensor(distributed.local_rows(int(h.shape[0])), device=h.device)
+            hm, ym = h[mine].double(), y[mine]
+
+            def add(t: list[torch.Tensor]) -> None:
+                t[0] += hm.T @ hm
+                t[1] += hm.T @ ym
+
+            distributed.add_reduced_([self.core, self.coords], add)
             return
         p = h.T.double().contiguous()  # becomes the residual, in place
         norms = p.norm(dim=0)

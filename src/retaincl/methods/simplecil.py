@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from retaincl.data.scenarios import Task
+from retaincl.engine import distributed
 from retaincl.methods.base import Learner, LearnerContext, NoParams
 from retaincl.registry import register_method
 
@@ -44,7 +45,10 @@ class SimpleCIL(Learner):
 
     def fit(self, task: Task) -> None:
         feats, labels = self.features_and_labels(task.train)
-        add_class_sums(self.class_sums, self.class_counts, feats, labels)
+        mine = torch.as_tensor(distributed.local_rows(len(labels)))  # all rows in one process
+        distributed.add_reduced_(
+            [self.class_sums, self.class_counts], lambda t: add_class_sums(t[0], t[1], feats[mine], labels[mine])
+        )
 
     def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
         n = self.seen_classes

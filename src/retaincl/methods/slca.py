@@ -44,6 +44,7 @@ from torch import nn
 
 from retaincl.config import doc
 from retaincl.data.scenarios import Task
+from retaincl.engine import distributed
 from retaincl.methods.base import Learner, LearnerContext
 from retaincl.registry import register_method
 
@@ -179,7 +180,7 @@ class SLCA(Learner):
             self.backbone.train()
             order = torch.randperm(n, generator=self.generator)
             for lo in range(0, n, p.batch_size):
-                idx = order[lo : lo + p.batch_size]
+                idx = self.local_batch(order[lo : lo + p.batch_size])  # this rank's rows under torchrun
                 logits = self.head(self.backbone(self.train_images(split, idx)))
                 loss = F.cross_entropy(logits[:, self.known_classes : self.seen_classes], labels[idx].to(self.device))
                 self.check_finite(loss, task.index, step)
@@ -197,10 +198,9 @@ class SLCA(Learner):
         """Mean and covariance (+ eps I) of each new class's features, float64."""
         self.backbone.eval()
         split, bs = task.train, self.ctx.eval_batch_size
-        feats = torch.cat([
-            self.backbone(split.images(range(i, min(i + bs, len(split)))).to(self.device)).double().cpu()
-            for i in range(0, len(split), bs)
-        ])
+        feats = distributed.map_batches(  # under torchrun: each rank its batches, gathered
+            lambda lo, hi: self.backbone(split.images(range(lo, hi)).to(self.device)).double().cpu(), len(split), bs
+        )
         labels = torch.as_tensor(split.targets)
         eye = torch.eye(feats.shape[1], dtype=torch.float64)
         for c in range(self.known_classes, self.seen_classes):

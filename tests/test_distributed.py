@@ -1,0 +1,169 @@
+"""Data-parallel runs: ``torchrun --nproc_per_node 2`` (gloo, CPU) computes what one process computes.
+
+One test launches the real command (``python -m torch.distributed.run --standalone
+--nproc_per_node 2 DRIVER -m retaincl run``) on digits with the ``mlp`` backbone and
+compares every method's correct-count matrix with the single-process run's, exactly:
+
+- statistics methods (SimpleCIL's class sums, FeCAM's sums and outer products, RanPAC's
+  G and C in its primal form): each rank adds its rows and the shares are summed
+  (float64; the accuracy matrix is exactly equal, the statistics to rounding);
+- SGD methods (finetune's head on frozen features, SLCA's slow learner on the mlp, which
+  has no batch normalisation): each rank computes the loss of its rows of the global
+  batch and the gradients are summed weighted by the rank's share. The tolerance is 0
+  wrong predictions here; it is exact up to float32 summation order, so on other data a
+  prediction on a decision boundary may flip (docs/scale.md).
+
+The driver also checks that rank 1 writes nothing (its ``os.replace`` and ``os.mkdir``
+raise), and counts each rank's share of the extraction rows and of the training rows, so
+the test fails if the work is replicated instead of split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from retaincl.config import config_from_dict
+from retaincl.engine import distributed
+
+METHODS = ["simplecil", "ranpac", "fecam", "finetune", "slca"]
+
+DRIVER = textwrap.dedent(
+    """
+    import json, os, sys
+    out, argv = sys.argv[1], sys.argv[2:]
+    rank = int(os.environ["RANK"])
+    from retaincl import cli
+    from retaincl.backbones.feature_cache import FeatureStore
+    from retaincl.engine import distributed
+
+    counts = {"extract_rows": 0, "extract_total": 0, "train_rows": 0, "global_rows": 0, "steps": 0}
+    my_batches, shard_batch, extract = distributed.my_batches, distributed.shard_batch, FeatureStore._extract
+
+    def counted_batches(n, bs):  # also used by evaluation: counted inside extraction only
+        mine = my_batches(n, bs)
+        if counts.get("extracting"):
+            counts["extract_rows"] += sum(hi - lo for lo, hi in mine)
+        return mine
+
+    def counted_shard(owner, idx):
+        local = shard_batch(owner, idx)
+        counts["train_rows"] += len(local)
+        counts["global_rows"] += len(idx)
+        counts["steps"] += 1
+        return local
+
+    def counted_extract(self, images, shift):
+        counts["extract_total"] += len(images)
+        counts["extracting"] = True
+        try:
+            return extract(self, images, shift)
+        finally:
+            counts["extracting"] = False
+
+    distributed.my_batches, distributed.shard_batch, FeatureStore._extract = counted_batches, counted_shard, counted_extract
+    report = open(os.path.join(out, f"rank{rank}.json"), "w")
+    if rank != 0:  # rank 1 may not create or rename anything under the run's folders
+        def refusing(real):
+            def call(*args, **kwargs):
+                if any(str(a).startswith(out) for a in args):
+                    raise AssertionError(f"rank {rank} wrote to disk: {args}")
+                return real(*args, **kwargs)
+            return call
+        os.replace, os.mkdir = refusing(os.replace), refusing(os.mkdir)
+    code = cli.main(argv)
+    json.dump(counts, report)
+    report.close()
+    sys.exit(code)
+    """
+)
+
+
+def tree(tmp_path: Path, out: str) -> dict:
+    return {
+        "method": METHODS,
+        "methods": {
+            "ranpac": {"projection_dim": 300},  # > the 100 features: the primal (summed) form of G
+            "finetune": {"epochs": 2, "batch_size": 33},  # odd batches: unequal shares
+            "slca": {"epochs": 1, "batch_size": 32, "milestones": [1], "ca_epochs": 2},
+        },
+        "data": {"source": "digits"},
+        "scenario": {"kind": "class", "base": 4, "increment": 3},
+        "backbone": {"name": "mlp", "image_size": 8},
+        "eval": {"batch_size": 100},
+        "cache": {"dir": str(tmp_path / f"cache-{out}")},
+        "output_dir": str(tmp_path / out),
+        "quiet": True,
+        "device": "cpu",
+        "threads": 1,
+    }
+
+
+def single_process(tmp_path: Path) -> dict[str, list]:
+    from retaincl.engine.runner import Session, run_method
+
+    session = Session.create(config_from_dict(tree(tmp_path, "one")))
+    return {m: run_method(session, m, progress=False)["correct_matrix"] for m in METHODS}
+
+
+def two_processes(tmp_path: Path) -> tuple[Path, list[dict]]:
+    cfg = tmp_path / "two.yaml"
+    cfg.write_text(yaml.safe_dump(tree(tmp_path, "two")))
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(driver), str(tmp_path), "run", str(cfg)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    errors = [line for line in proc.stderr.splitlines() if "Error" in line and "ChildFailedError" not in line]
+    assert proc.returncode == 0, "\n".join(errors[:6]) + "\n" + proc.stderr[-2000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    return tmp_path / "two", ranks
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without torch.distributed")
+def test_two_gloo_processes_give_the_single_process_accuracy_matrix(tmp_path):
+    out, ranks = two_processes(tmp_path)
+    expected = single_process(tmp_path)
+    run = next(out.iterdir())
+    for method in METHODS:
+        res = json.loads((run / method / "results.json").read_text())
+        assert res["distributed"] == {"world_size": 2, "backend": "gloo"}
+        assert res["correct_matrix"] == expected[method], method
+        assert (run / method / "checkpoint.pt").exists()
+    # the work was split, not repeated: each rank extracted about half of the rows ...
+    r0, r1 = ranks
+    assert r0["extract_total"] == r1["extract_total"] > 0
+    assert r0["extract_rows"] + r1["extract_rows"] == r0["extract_total"]
+    assert min(r0["extract_rows"], r1["extract_rows"]) > 0.3 * r0["extract_total"]
+    # ... and trained on about half of each global batch (finetune and SLCA's steps)
+    assert r0["steps"] == r1["steps"] > 0 and r0["global_rows"] == r1["global_rows"]
+    assert r0["train_rows"] + r1["train_rows"] == r0["global_rows"]
+    assert abs(r0["train_rows"] - r1["train_rows"]) <= r0["steps"]
+    # the feature cache was written once, by rank 0 (rank 1's writes raise in the driver)
+    assert any((tmp_path / "cache-two").rglob("*.npy"))
+
+
+def test_single_process_helpers_are_the_identity():
+    """Without torchrun nothing joins a process group and every helper is the identity."""
+    assert not distributed.active() and distributed.world_size() == 1 and distributed.is_main()
+    t = torch.arange(4.0)
+    assert distributed.all_reduce_sum_(t) is t and torch.equal(t, torch.arange(4.0))
+    assert distributed.my_batches(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert distributed.my_positions(10, 4) is None
+    assert distributed.local_rows(5).tolist() == [0, 1, 2, 3, 4]
+    idx = torch.tensor([3, 1, 2])
+    assert distributed.shard_batch(object(), idx) is idx
+    assert distributed.sum_ints(3, 4) == [3, 4] and distributed.any_rank(True)
