@@ -20,10 +20,21 @@ without prompts (Sec. 4.1):
   cross-entropy over the current task's classes (the official release masks the logits
   of past classes). The head reads the prompted model's [CLS].
 
-Defaults (the paper / official ``configs/cifar-100_prompt.yaml``, ``experiments/cifar-100.sh``):
-``M = 100`` components over ``N = 10`` tasks, ``L_p = 8``, layers 0-4, ``lambda = 0.1``
-(the ImageNet-R script uses 0.0); Adam, batch 128, lr 0.001, cosine schedule, 20 epochs
-(ImageNet-R: 50). The official release does not clip gradients (``grad_clip: 0``).
+Defaults (the official release, GT-RIPL/CODA-Prompt ``configs/cifar-100_prompt.yaml``
+and ``experiments/cifar-100.sh``: ``--prompt_param 100 8 0.0``): ``M = 100`` components
+over ``N = 10`` tasks, ``L_p = 8``, layers 0-4, ``lambda = 0.0``; Adam (0.9, 0.999),
+batch 128, lr 0.001, 20 epochs (ImageNet-R: 50), no gradient clipping, and the official
+per-epoch schedule ``lr * cos(99 pi e / (200 (K - 1)))`` for epoch ``e`` of ``K``
+(``utils/schedulers.py``; ``lr_schedule: coda_cosine``): a quarter cosine that ends at
+1.6 % of the rate, not torch's ``CosineAnnealingLR`` (``cosine``), which reaches zero.
+The head starts as torch's ``nn.Linear`` (``head_init: linear``; the official ``self.last``).
+
+About the orthogonality weight: the beta release (commit 22948d2, April 2023) ran
+``--prompt_param 100 8 0.1`` but multiplied the penalty by ``1e-6`` inside
+``ortho_penalty``, an effective weight of ``1e-7``; the current release (605ac87 onwards)
+drops that factor, replaces the orthogonal initialisation of all components by
+Gram-Schmidt per task, and sets the weight to 0.0 for every benchmark ("with updated
+code, now can be 0"). The penalty stays available (``ortho_weight``) as in eq. 7.
 
 Choices where the paper is unclear:
 
@@ -59,15 +70,22 @@ from retaincl.registry import register_method
 class CODAPromptParams(PromptTrainParams):
     epochs: int = doc("passes over the training data per task", default=20)
     lr: float = doc("learning rate", default=0.001)
-    lr_schedule: Literal["cosine", "constant"] = doc(
-        "learning-rate schedule within each task: cosine annealing to 0, or constant", default="cosine"
+    lr_schedule: Literal["constant", "cosine", "coda_cosine"] = doc(
+        "learning-rate schedule within each task, per epoch: coda_cosine (official lr * cos(99 pi e / "
+        "(200 (K - 1)))), cosine (torch's CosineAnnealingLR to 0), or constant",
+        default="coda_cosine",
+    )
+    head_init: Literal["zeros", "linear"] = doc(
+        "initial head weights: torch's nn.Linear default (the official code) or zeros", default="linear"
     )
     grad_clip: float = doc("clip the global gradient norm to this value; 0 = no clipping", default=0.0)
     pool_size: int = doc("M: prompt components in all (split evenly over num_tasks)", default=100)
     num_tasks: int = doc("N: tasks the components are split over (the stream's task count)", default=10)
     length: int = doc("L_p: prompt length (half key prefix, half value prefix)", default=8)
     layers: list[int] = doc("layers that carry the prompt (0-based)", default_factory=lambda: [0, 1, 2, 3, 4])
-    ortho_weight: float = doc("lambda: weight of the orthogonality penalty on P, K and A", default=0.1)
+    ortho_weight: float = doc(
+        "lambda: weight of the orthogonality penalty on P, K and A (official release: 0.0)", default=0.0
+    )
 
     def validate(self) -> None:
         super().validate()

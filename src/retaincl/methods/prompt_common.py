@@ -28,6 +28,7 @@ weights stay frozen (``requires_grad`` off), only the pools and the head train.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -53,11 +54,19 @@ class PromptTrainParams:
     optimizer: Literal["adam", "sgd"] = doc("adam (beta 0.9, 0.999, as all three papers) or sgd", default="adam")
     momentum: float = doc("SGD momentum (optimizer=sgd only)", default=0.9)
     weight_decay: float = doc("weight decay", default=0.0)
-    lr_schedule: Literal["cosine", "constant"] = doc(
-        "learning-rate schedule within each task: cosine annealing to 0, or constant", default="constant"
+    lr_schedule: Literal["constant", "cosine", "coda_cosine"] = doc(
+        "learning-rate schedule within each task, per epoch: constant; cosine (torch's CosineAnnealingLR, "
+        "to 0 after the last epoch); coda_cosine (CODA-Prompt's official lr * cos(99 pi e / (200 (K - 1))) "
+        "for epoch e of K)",
+        default="constant",
     )
     grad_clip: float = doc("clip the global gradient norm to this value; 0 = no clipping", default=1.0)
     train_mask: bool = doc("cross-entropy over the current task's classes only (logits of other classes masked)", default=True)
+    head_init: Literal["zeros", "linear"] = doc(
+        "initial head weights: zeros (the official L2P/DualPrompt JAX code) or torch's nn.Linear default "
+        "(CODA-Prompt's official code)",
+        default="zeros",
+    )
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -68,7 +77,42 @@ class PromptTrainParams:
             raise ConfigError(f"grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip}")
 
 
+# ----------------------------------------------------------------------------- initialisation
+
+#: prompt and key initialisations of L2P and DualPrompt: ``jax`` is flax's default
+#: ``nn.initializers.uniform()``, U[0, 0.01), which the official release
+#: (google-research/l2p, ``models/prompt.py``, ``models/vit.py``) uses for prompts, G-/E-
+#: prefixes and keys; ``torch_port`` is U[-1, 1], the PyTorch re-implementations'
+#: (JH-LEE-KR/l2p-pytorch and dualprompt-pytorch ``prompt.py``, copied by LAMDA-PILOT).
+PROMPT_INITS = ("jax", "torch_port")
+
+
+def init_prompt_(t: torch.Tensor, how: str) -> torch.Tensor:
+    """Fill ``t`` in place with the named prompt initialisation (see ``PROMPT_INITS``)."""
+    with torch.no_grad():
+        if how == "jax":
+            return t.uniform_(0.0, 0.01)
+        if how == "torch_port":
+            return t.uniform_(-1.0, 1.0)
+    raise ValueError(f"unknown prompt init {how!r}; use one of {PROMPT_INITS}")
+
+
 # ----------------------------------------------------------------------------- matching
+
+
+def schedule_factor(kind: str, epoch: int, epochs: int) -> float:
+    """Learning-rate multiplier of ``epoch`` (0-based) of ``epochs`` for schedule ``kind``.
+
+    ``coda_cosine`` is CODA-Prompt's official schedule (GT-RIPL/CODA-Prompt,
+    ``utils/schedulers.py``): ``cos(99 pi e / (200 (K - 1)))``, a quarter cosine that
+    still trains at 1.6 % of the rate in the last epoch (1 for a single epoch, where the
+    official formula divides by zero). ``cosine`` is torch's ``CosineAnnealingLR`` with
+    ``T_max = K``: ``(1 + cos(pi e / K)) / 2``."""
+    if kind == "coda_cosine":
+        return 1.0 if epochs <= 1 else math.cos(99 * math.pi * epoch / (200 * (epochs - 1)))
+    if kind == "cosine":
+        return (1 + math.cos(math.pi * epoch / epochs)) / 2
+    return 1.0
 
 
 def cosine_matrix(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -148,9 +192,9 @@ def gram_schmidt_(vectors: torch.Tensor, start: int, end: int, generator: torch.
 def ortho_penalty(rows: torch.Tensor) -> torch.Tensor:
     """``mean((B B^T - I)^2)`` over the rows of ``B`` (flattened to vectors).
 
-    CODA-Prompt eq. 7 writes ``||B B^T - I||^2``; the official release averages the
-    squared entries instead of summing them, and its published weight (0.1 on CIFAR-100)
-    was tuned with the average, so we average too."""
+    CODA-Prompt eq. 7 writes ``||B B^T - I||^2``; the official code averages the squared
+    entries instead of summing them (``models/zoo.py``), so the weight means what it means
+    there (the current release runs it at 0.0, see :mod:`~retaincl.methods.codaprompt`)."""
     flat = rows.reshape(rows.shape[0], -1)
     gram = flat @ flat.T
     return ((gram - torch.eye(flat.shape[0], device=flat.device, dtype=flat.dtype)) ** 2).mean()
@@ -192,6 +236,9 @@ class PromptPoolLearner(Learner):
         self.depth = self.backbone.vit.depth
         torch.manual_seed(ctx.seed)
         self.head = nn.Linear(self.dim, ctx.num_classes).to(self.device)
+        if params.head_init == "zeros":
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
         self.task_index = -1
         self.train_classes: list[int] = []
 
@@ -241,10 +288,7 @@ class PromptPoolLearner(Learner):
             opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=p.lr, betas=(0.9, 0.999), weight_decay=p.weight_decay)
         else:
             opt = torch.optim.SGD(params, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
-        if p.lr_schedule == "cosine":
-            sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=p.epochs)
-        else:
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: schedule_factor(p.lr_schedule, e, p.epochs))
         return opt, sched
 
     def training_loss(self, images: torch.Tensor, queries: torch.Tensor, labels: torch.Tensor, task: Task) -> torch.Tensor:
@@ -264,7 +308,7 @@ class PromptPoolLearner(Learner):
         opt, sched = self.make_optimizer()
         self.pool.train()
         self.head.train()
-        n = len(labels)
+        n, step = len(labels), 0
         for _ in self.progress(range(p.epochs), f"{self.name} task {task.index}"):
             order = torch.randperm(n, generator=self.generator)
             for lo in range(0, n, p.batch_size):
@@ -272,11 +316,8 @@ class PromptPoolLearner(Learner):
                 images = self.train_images(split, idx)
                 q = cached[idx].to(self.device) if cached is not None else self.queries(images)
                 loss = self.training_loss(images, q, labels[idx].to(self.device), task)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"{self.name}: the loss became {loss.item()} in task {task.index}; lower "
-                        f"methods.{self.name}.lr (now {p.lr}) or keep grad_clip on"
-                    )
+                self.check_finite(loss, task.index, step)
+                step += 1
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if p.grad_clip > 0:
