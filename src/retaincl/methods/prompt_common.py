@@ -51,6 +51,11 @@ class PromptTrainParams:
     epochs: int = doc("passes over the training data per task", default=5)
     batch_size: int = doc("training batch size", default=128)
     lr: float = doc("learning rate", default=0.03)
+    lr_batch_reference: int = doc(
+        "when > 0, train at lr * batch_size / lr_batch_reference (the official L2P/DualPrompt code's "
+        "linear scaling rule: its configured rate is for a global batch of 256); 0 = lr as given",
+        default=0,
+    )
     optimizer: Literal["adam", "sgd"] = doc("adam (beta 0.9, 0.999, as all three papers) or sgd", default="adam")
     momentum: float = doc("SGD momentum (optimizer=sgd only)", default=0.9)
     weight_decay: float = doc("weight decay", default=0.0)
@@ -68,11 +73,18 @@ class PromptTrainParams:
         default="zeros",
     )
 
+    @property
+    def effective_lr(self) -> float:
+        """The rate the optimiser uses: ``lr``, scaled by ``batch_size / lr_batch_reference`` when set."""
+        return self.lr * self.batch_size / self.lr_batch_reference if self.lr_batch_reference else self.lr
+
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError(f"epochs ({self.epochs}) and batch_size ({self.batch_size}) must be at least 1")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.lr_batch_reference < 0:
+            raise ConfigError(f"lr_batch_reference must be >= 0 (0 turns the scaling off), got {self.lr_batch_reference}")
         if self.grad_clip < 0:
             raise ConfigError(f"grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip}")
 
@@ -285,9 +297,11 @@ class PromptPoolLearner(Learner):
         p = self.params
         params = self.trainable_parameters()
         if p.optimizer == "adam":
-            opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=p.lr, betas=(0.9, 0.999), weight_decay=p.weight_decay)
+            opt: torch.optim.Optimizer = torch.optim.Adam(
+                params, lr=p.effective_lr, betas=(0.9, 0.999), weight_decay=p.weight_decay
+            )
         else:
-            opt = torch.optim.SGD(params, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+            opt = torch.optim.SGD(params, lr=p.effective_lr, momentum=p.momentum, weight_decay=p.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: schedule_factor(p.lr_schedule, e, p.epochs))
         return opt, sched
 
@@ -334,6 +348,9 @@ class PromptPoolLearner(Learner):
     def eval_mode(self) -> None:
         super().eval_mode()
         self.backbone.eval()
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "effective_lr": self.params.effective_lr}
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
