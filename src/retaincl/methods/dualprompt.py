@@ -40,6 +40,11 @@ dualprompt-pytorch, copied by LAMDA-PILOT) differs or the paper is silent:
   which ``L = 5`` cannot do;
 - the gradient-norm clip is over the trained parameters (see :mod:`~retaincl.methods.l2p`).
 
+Ablation switches (default: the method): ``g_length: 0`` removes the G-prompt;
+``train_with_task_id: false`` lets training pick E-prompts by key matching, as at test
+time, instead of the task-to-E-prompt mapping; ``pull_weight: 0`` stops the keys
+training; ``train_mask: false`` trains over every class seen so far.
+
 Deliberate deviations:
 
 - test-time matching is over the keys of the tasks trained so far. The official code
@@ -80,6 +85,10 @@ class DualPromptParams(PromptTrainParams):
     e_layers: list[int] = doc("layers that carry the E-prompts (0-based)", default_factory=lambda: [2, 3, 4])
     pool_size: int = doc("E-prompts (one per task): at least the stream's number of tasks", default=10)
     pull_weight: float = doc("lambda: weight of the key matching loss 1 - cos(q, k_t)", default=1.0)
+    train_with_task_id: bool = doc(
+        "training uses the true task's E-prompt (false: the ablation, the best-matching key's, as at test time)",
+        default=True,
+    )
     shared_prompt_pool: bool = doc(
         "before task t > 0, copy the trained E-prompt of task t - 1 into E-prompt t (official configs)",
         default=True,
@@ -166,7 +175,7 @@ class DualPrompt(PromptPoolLearner):
         return out
 
     def train_outputs(self, images: torch.Tensor, queries: torch.Tensor, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
-        e_idx = self.e_prompt_indices(queries, task.index)
+        e_idx = self.e_prompt_indices(queries, task.index if self.params.train_with_task_id else None)
         cos = torch.nn.functional.cosine_similarity(queries, self.pool.keys[e_idx], dim=-1)
         logits = self.head(self.backbone(images, prefixes=self.prefixes(e_idx)))
         return logits, self.params.pull_weight * pull_loss(cos)

@@ -40,6 +40,11 @@ Details taken from the official JAX code (google-research/l2p), where the PyTorc
   gradients); here, as in the port, the norm is over the trained parameters only. With
   Adam this changes the step little (the update is nearly invariant to a common scale).
 
+Ablation switches (default: the method): ``pull_weight: 0`` drops the pull term (the keys
+then never train); ``key_selection: false`` gives every sample prompts ``0..N-1`` instead
+of its top-N keys' (no instance-wise selection); ``train_mask: false`` trains the
+cross-entropy over every class seen so far.
+
 Choices where the paper is unclear:
 
 - the paper's optional task-boundary "diversified selection" (frequency penalty, Sec.
@@ -84,6 +89,10 @@ class L2PParams(PromptTrainParams):
         "(predictions then depend on the batch; recorded as batch_level_inference)",
         default=False,
     )
+    key_selection: bool = doc(
+        "each sample's prompts by key-query matching (false: the ablation, every sample uses prompts 0..N-1)",
+        default=True,
+    )
     prompt_init: Literal["jax", "torch_port"] = doc(
         "initial prompts and keys: jax = U[0, 0.01) (official google-research/l2p), torch_port = U[-1, 1] "
         "(the PyTorch ports and LAMDA-PILOT)",
@@ -123,7 +132,10 @@ class L2P(PromptPoolLearner):
         (``B x N``): its own top-N, or the batch majority with ``batchwise_prompt``."""
         p = self.params
         idx, cos = top_n_keys(queries, self.pool.keys, p.top_n)
-        if p.batchwise_prompt:
+        if not p.key_selection:  # the ablation: the same first N prompts for every sample
+            idx = torch.arange(p.top_n, device=queries.device)[None].expand(len(queries), -1)
+            cos = torch.nn.functional.cosine_similarity(queries[:, None], self.pool.keys[idx], dim=-1)
+        elif p.batchwise_prompt:
             chosen = majority_indices(idx, p.top_n, p.pool_size)
             idx = chosen[None].expand(len(queries), -1)
             cos = torch.nn.functional.cosine_similarity(queries[:, None], self.pool.keys[idx], dim=-1)

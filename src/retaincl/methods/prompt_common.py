@@ -50,6 +50,7 @@ class PromptTrainParams:
 
     epochs: int = doc("passes over the training data per task", default=5)
     batch_size: int = doc("training batch size", default=128)
+    drop_last: bool = doc("skip each epoch's last batch when it is smaller than batch_size (CODA-Prompt's loader)", default=False)
     lr: float = doc("learning rate", default=0.03)
     lr_batch_reference: int = doc(
         "when > 0, train at lr * batch_size / lr_batch_reference (the official L2P/DualPrompt code's "
@@ -172,9 +173,14 @@ def majority_indices(indices: torch.Tensor, n: int, pool_size: int) -> torch.Ten
 
 def gram_schmidt_(vectors: torch.Tensor, start: int, end: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Fill rows ``start:end`` of ``vectors`` (``M x d``) in place with unit vectors
-    orthogonal to rows ``0:start`` and to each other (classical Gram-Schmidt on random
-    normal draws); rows outside ``start:end`` are not touched. CODA-Prompt Sec. 4.2:
-    new components start orthogonal to the frozen ones."""
+    orthogonal to the span of rows ``0:start`` and to each other (Gram-Schmidt on random
+    normal draws, in float64); rows outside ``start:end`` are not touched. CODA-Prompt
+    Sec. 4.2: new components start orthogonal to the frozen ones.
+
+    The old rows have trained since their own initialisation and are no longer
+    orthonormal, so they are first turned into an orthonormal basis of their span (QR);
+    the official code (``models/zoo.py``, ``gram_schmidt``) projects on the raw old rows
+    as if they were, which leaves overlaps of about 1e-3 with them."""
     M, d = vectors.shape
     if not 0 <= start <= end <= M:
         raise ValueError(f"rows {start}:{end} are outside 0..{M}")
@@ -184,20 +190,24 @@ def gram_schmidt_(vectors: torch.Tensor, start: int, end: int, generator: torch.
             f"components (methods.codaprompt.pool_size) for this backbone"
         )
     with torch.no_grad():
-        basis = [vectors[i].double() for i in range(start)]
+        old = vectors[:start].detach().to("cpu", torch.float64)
+        if start:
+            q, r = torch.linalg.qr(old.T)  # d x start, orthonormal columns spanning the old rows
+            q = q[:, r.diagonal().abs() > 1e-10 * max(float(r.diagonal().abs().max()), 1e-300)]
+            basis = list(q.T)
+        else:
+            basis = []
         for i in range(start, end):
             for _ in range(10):
-                v = torch.randn(d, generator=generator, dtype=torch.float64).to(vectors.device)
-                for b in basis:
-                    v = v - (v @ b) / (b @ b) * b
-                # second pass: numerical re-orthogonalisation
-                for b in basis:
-                    v = v - (v @ b) / (b @ b) * b
+                v = torch.randn(d, generator=generator, dtype=torch.float64)
+                for _ in range(2):  # twice: numerical re-orthogonalisation
+                    for b in basis:
+                        v = v - (v @ b) * b
                 if v.norm() > 1e-6:
                     break
             v = v / v.norm()
             basis.append(v)
-            vectors[i] = v.to(vectors.dtype)
+            vectors[i] = v.to(vectors.device, vectors.dtype)
     return vectors
 
 
@@ -327,6 +337,8 @@ class PromptPoolLearner(Learner):
             order = torch.randperm(n, generator=self.generator)
             for lo in range(0, n, p.batch_size):
                 idx = order[lo : lo + p.batch_size]
+                if p.drop_last and len(idx) < p.batch_size:
+                    continue
                 images = self.train_images(split, idx)
                 q = cached[idx].to(self.device) if cached is not None else self.queries(images)
                 loss = self.training_loss(images, q, labels[idx].to(self.device), task)
