@@ -173,7 +173,14 @@ def test_coda_new_components_start_orthogonal_to_old_ones(tiny, ortho_init):
 # ----------------------------------------------------------------------------- the train mask
 
 
-@pytest.mark.parametrize("make", [l2p, dualprompt, coda], ids=["l2p", "dualprompt", "codaprompt"])
+def dap_fresh_optimiser(tiny, **p):
+    p.pop("head_init")
+    return dap(tiny, reset_optimizer=True, **p)  # the stream's optimiser would move old rows on momentum
+
+
+@pytest.mark.parametrize(
+    "make", [l2p, dualprompt, coda, dap_fresh_optimiser], ids=["l2p", "dualprompt", "codaprompt", "dap"]
+)
 @pytest.mark.parametrize("train_mask", [True, False])
 def test_train_mask_leaves_old_classes_alone(tiny, make, train_mask):
     tasks = make_tasks()
