@@ -242,7 +242,7 @@ class DAP(PromptLearner):
         params = self.optimised_parameters()
         if self.optimizer is None or p.reset_optimizer:
             self.optimizer = make_optimizer(params, p)
-        queries = self.ctx.features.get(task.train) if self.ctx.features is not None else None
+        queries = self.cached_queries(task)
         mask = self.class_mask(task.classes) if p.train_mask else None
 
         def loss(images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -256,6 +256,17 @@ class DAP(PromptLearner):
             return F.cross_entropy(logits, labels) - p.pull_weight * pull
 
         self.train_split(task.train, params, loss, f"dap task {t}", t, self.optimizer)
+
+    def cached_queries(self, task: Task) -> torch.Tensor | None:
+        """The training split's frozen [CLS] features from the runner's cache, or None to
+        compute them per batch: always when training images are augmented (the query is
+        the augmented image's, as in the official code) or the cache holds another backbone."""
+        store = self.ctx.features
+        if store is None or getattr(store, "backbone", None) is None or self.backbone.transform.augments:
+            return None
+        if store.backbone.identity != self.backbone.identity:
+            return None
+        return store.get(task.train)
 
     # ------------------------------------------------------------------ inference
 
