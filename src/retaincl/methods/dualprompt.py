@@ -58,7 +58,7 @@ Deliberate deviations:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -139,6 +139,16 @@ class DualPrompt(PromptPoolLearner):
                 f"methods.dualprompt: layers {bad} do not exist in this ViT (layers 0..{self.depth - 1})"
             )
         self.pool = DualPromptPool(params, self.dim).to(self.device)
+
+    @classmethod
+    def check_stream(cls, params: DualPromptParams, stream: Any) -> None:
+        """Each task trains its own E-prompt (paper Sec. 4.2), so the pool must hold one per
+        task; refused when the session is created, before anything trains."""
+        if params.pool_size < len(stream):
+            raise ConfigError(
+                f"methods.dualprompt.pool_size={params.pool_size} is smaller than the stream's {len(stream)} tasks "
+                f"(one task-specific E-prompt per task); set methods.dualprompt.pool_size={len(stream)} or more"
+            )
 
     def begin_task(self, task: Task) -> None:
         if task.index >= self.params.pool_size:
