@@ -120,6 +120,19 @@ def test_dualprompt_g_prompt_is_shared_and_trained_by_every_task(tiny, g_length)
     assert (g0.numel() > 0 and not torch.equal(learner.pool.g_key.detach(), g0)) == (g_length > 0)
 
 
+@pytest.mark.parametrize("shared", [True, False])
+def test_dualprompt_shared_pool_starts_e_prompt_t_from_the_trained_e_prompt_t_minus_1(tiny, shared):
+    tasks = make_tasks()
+    learner = dualprompt(tiny, shared_prompt_pool=shared, head_init="linear")
+    learn(learner, tasks[:1])
+    trained = (learner.pool.e_key.detach()[0].clone(), learner.pool.e_value.detach()[0].clone())
+    learner.begin_task(tasks[1])
+    # official shared_prompt_pool: E-prompt 1 starts as task 0's trained E-prompt (key and value prefixes)
+    copied = torch.equal(learner.pool.e_key.detach()[1], trained[0]) and torch.equal(learner.pool.e_value.detach()[1], trained[1])
+    assert copied == shared
+    assert torch.equal(learner.pool.e_key.detach()[0], trained[0])  # e_0 itself is left as trained
+
+
 # ----------------------------------------------------------------------------- CODA-Prompt
 
 
