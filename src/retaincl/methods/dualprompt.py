@@ -38,7 +38,12 @@ dualprompt-pytorch, copied by LAMDA-PILOT) differs or the paper is silent:
 - a prefix of length ``L`` has ``L`` key *and* ``L`` value vectors (the official shape
   ``(layers, 2, L, heads, D / heads)``); the paper's text splits ``L`` into two halves,
   which ``L = 5`` cannot do;
-- the gradient-norm clip is over the trained parameters (see :mod:`~retaincl.methods.l2p`).
+- the gradient-norm clip is over the trained parameters (see :mod:`~retaincl.methods.l2p`);
+- each sample's E-prefix is its own E-prompt's (key, value) pair, as the JAX code's
+  ``(layers, 2, B, ...)`` layout. The port's ``EPrompt`` reshapes ``(layers, 2, B, k, L,
+  ...)`` to ``(layers, B, 2, k L, ...)`` without a permute, which hands samples the key
+  or value prefixes of other samples; on the tiny-ViT stream patching it moved nothing
+  beyond the seed spread (``docs/prompt_pool_methods.md``).
 
 Ablation switches (default: the method): ``g_length: 0`` removes the G-prompt;
 ``train_with_task_id: false`` lets training pick E-prompts by key matching, as at test
