@@ -22,10 +22,10 @@ def test_coda_schedule_is_the_official_quarter_cosine():
     assert schedule_factor("coda_cosine", 0, 1) == 1.0  # one epoch: the official formula divides by zero
     # torch's CosineAnnealingLR(T_max=K) for comparison: (1 + cos(pi e / K)) / 2
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    opt.step()
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=5)
     for e in range(5):
         assert schedule_factor("cosine", e, 5) == pytest.approx(opt.param_groups[0]["lr"])
+        opt.step()
         sched.step()
 
 
