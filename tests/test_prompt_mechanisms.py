@@ -268,3 +268,21 @@ def test_dap_each_sample_gets_the_embedding_of_its_matched_task(tiny, estimate):
     q = torch.zeros(2, D)
     q[0, 0], q[1, 1] = 1.0, 1.0  # sample 0 matches task 0, sample 1 task 1
     assert (learner.estimate_tasks(q).tolist() == [0, 1]) == estimate
+
+
+# ----------------------------------------------------------------------------- independent random streams
+
+
+@pytest.mark.parametrize("make", [l2p, dualprompt, coda], ids=["l2p", "dualprompt", "codaprompt"])
+def test_initial_parameters_share_no_draws_with_the_batch_order_stream(tiny, make):
+    # torch.manual_seed(s) and torch.Generator().manual_seed(s) give the same numbers; a head
+    # drawn right after torch.manual_seed(seed) repeats the learner generator's first draws
+    # (batch order, CODA's Gram-Schmidt vectors), a correlation that cost CODA-Prompt 5-10
+    # points on every seed of the tiny-ViT stream
+    learner = make(tiny, head_init="linear")
+    w = learner.head.weight.detach().reshape(-1)
+    bound = 1.0 / learner.dim**0.5  # nn.Linear's kaiming_uniform(a=sqrt 5): U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    u = (w / bound + 1) / 2  # the underlying U[0, 1) draws
+    stream = torch.rand(len(u), generator=torch.Generator().manual_seed(0))  # make_ctx: seed 0
+    assert not torch.allclose(u, stream, atol=1e-5)
+    assert abs(float(torch.corrcoef(torch.stack([u, stream]))[0, 1])) < 0.2
