@@ -277,8 +277,8 @@ def test_dap_each_sample_gets_the_embedding_of_its_matched_task(tiny, estimate):
 def test_initial_parameters_share_no_draws_with_the_batch_order_stream(tiny, make):
     # torch.manual_seed(s) and torch.Generator().manual_seed(s) give the same numbers; a head
     # drawn right after torch.manual_seed(seed) repeats the learner generator's first draws
-    # (batch order, CODA's Gram-Schmidt vectors), a correlation that cost CODA-Prompt 5-10
-    # points on every seed of the tiny-ViT stream
+    # (batch order, CODA's Gram-Schmidt vectors): a coupling of the random draws that the
+    # runs of the two streams must not have
     learner = make(tiny, head_init="linear")
     w = learner.head.weight.detach().reshape(-1)
     bound = 1.0 / learner.dim**0.5  # nn.Linear's kaiming_uniform(a=sqrt 5): U(-1/sqrt(fan_in), 1/sqrt(fan_in))

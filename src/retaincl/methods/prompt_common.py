@@ -268,8 +268,8 @@ class PromptPoolLearner(Learner):
         # independent of ``self.generator`` (batch order, Gram-Schmidt draws): both seeded
         # with ``ctx.seed``, torch's global and a fresh Generator give the *same* numbers,
         # which tied the head's initial weights to the first draws of the batch order and of
-        # CODA-Prompt's components and cost CODA-Prompt 5-10 points on every seed of the
-        # tiny-ViT stream (docs/prompt_pool_methods.md, parity).
+        # CODA-Prompt's components (docs/prompt_pool_methods.md, parity: with the coupling
+        # CODA-Prompt was below a reference on every seed of the tiny-ViT stream).
         torch.manual_seed(init_seed(ctx.seed))
         self.head = nn.Linear(self.dim, ctx.num_classes).to(self.device)
         if params.head_init == "zeros":
