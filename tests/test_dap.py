@@ -56,8 +56,8 @@ def test_generator_shapes_per_layer_and_dependence(tiny):
     seen: list[tuple[int, tuple, tuple]] = []
     original = learner.prompter.generate
 
-    def record(layer, tokens, emb):
-        out = original(layer, tokens, emb)
+    def record(layer, tokens, emb, instance=True):
+        out = original(layer, tokens, emb, instance)
         seen.append((layer, tuple(tokens.shape), tuple(out.shape)))
         return out
 
@@ -105,7 +105,8 @@ def test_task_estimation_per_sample_and_majority_vote(tiny):
 
 
 def test_what_trains_in_each_task(tiny):
-    learner = dap(tiny, lr=0.05)
+    # a fresh optimiser per task, so that nothing moves on stale Adam moments
+    learner = dap(tiny, lr=0.05, reset_optimizer=True)
     tasks = make_tasks()
     vit_before = {k: v.clone() for k, v in learner.backbone.vit.net.state_dict().items()}
     learn(learner, tasks[:1])
@@ -126,15 +127,34 @@ def test_what_trains_in_each_task(tiny):
         assert param.grad is None and torch.equal(param, vit_before[name]), name
 
 
+def test_one_amsgrad_optimiser_for_the_stream(tiny):
+    # official: Trainer.__init__ builds one Adam(amsgrad=True) for the whole stream
+    learner = dap(tiny, lr=0.05)
+    tasks = make_tasks()
+    learn(learner, tasks[:1])
+    opt = learner.optimizer
+    assert opt.param_groups[0]["amsgrad"] is True and opt.param_groups[0]["betas"] == (0.9, 0.9)
+    steps0 = int(opt.state[learner.prompter.keys]["step"])
+    assert steps0 == 3  # 24 samples, batch 8, 1 epoch
+    learn(learner, tasks[1:2])
+    assert learner.optimizer is opt and int(opt.state[learner.prompter.keys]["step"]) == 2 * steps0
+    # the resumed learner continues the same moments
+    other = dap(tiny, lr=0.05, seed=5)
+    other.load_state_dict(learner.state_dict())
+    a, b = opt.state[learner.prompter.keys], other.optimizer.state[other.prompter.keys]
+    assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["max_exp_avg_sq"], b["max_exp_avg_sq"])
+    assert dap(tiny, reset_optimizer=True).params.reset_optimizer
+
+
 def test_predictions_are_per_sample_and_checkpoint_round_trips(tiny):
     tasks = make_tasks()
     learner = dap(tiny, lr=0.05)
     learn(learner, tasks)
-    assert learner.prompter.num_tasks == 2 and learner.seen_classes == NUM_CLASSES
+    assert len(learner.task_classes) == 2 and learner.seen_classes == NUM_CLASSES
     inputs = all_inputs(tasks)
     assert_per_sample(learner, inputs)
     other = dap(tiny, seed=3)
-    other.load_state_dict(learner.state_dict())  # keys/embeddings resized from 0 to 2 rows
+    other.load_state_dict(learner.state_dict())
     restored, ref = other.predict_logits(inputs), learner.predict_logits(inputs)
     # float noise only (1e-6: the frozen down-projection's requires_grad flag picks another CPU kernel)
     assert torch.equal(restored.argmax(1), ref.argmax(1)) and torch.allclose(restored, ref, atol=1e-5, rtol=0)

@@ -73,3 +73,19 @@ def test_more_tasks_than_e_prompts_is_a_clear_error():
     learner = make_dualprompt(pool_size=2)
     with pytest.raises(ConfigError, match="pool_size"):
         learner.begin_task(task(2))
+
+
+def test_pool_smaller_than_the_stream_is_refused_before_training(make_digits_config):
+    """One task-specific E-prompt per task: 5 tasks with pool_size=3 is a ConfigError at
+    session creation naming the key, the task count and the fix; pool_size=5 is accepted."""
+    from retaincl.engine.runner import Session
+
+    cfg = make_digits_config(method=["dualprompt"], **{"methods.dualprompt.pool_size": 3})
+    with pytest.raises(ConfigError, match=r"methods\.dualprompt\.pool_size=3 .* 5 tasks.*pool_size=5 or more"):
+        Session.create(cfg)
+    from retaincl.registry import METHODS
+
+    params = method_params("dualprompt", {"pool_size": 5})
+    METHODS.get("dualprompt").check_stream(params, [0] * 5)  # one E-prompt per task: accepted
+    with pytest.raises(ConfigError, match="6 tasks"):
+        METHODS.get("dualprompt").check_stream(params, [0] * 6)

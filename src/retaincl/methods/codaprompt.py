@@ -20,10 +20,26 @@ without prompts (Sec. 4.1):
   cross-entropy over the current task's classes (the official release masks the logits
   of past classes). The head reads the prompted model's [CLS].
 
-Defaults (the paper / official ``configs/cifar-100_prompt.yaml``, ``experiments/cifar-100.sh``):
-``M = 100`` components over ``N = 10`` tasks, ``L_p = 8``, layers 0-4, ``lambda = 0.1``
-(the ImageNet-R script uses 0.0); Adam, batch 128, lr 0.001, cosine schedule, 20 epochs
-(ImageNet-R: 50). The official release does not clip gradients (``grad_clip: 0``).
+Defaults (the official release, GT-RIPL/CODA-Prompt ``configs/cifar-100_prompt.yaml``
+and ``experiments/cifar-100.sh``: ``--prompt_param 100 8 0.0``): ``M = 100`` components
+over ``N = 10`` tasks, ``L_p = 8``, layers 0-4, ``lambda = 0.0``; Adam (0.9, 0.999),
+batch 128, lr 0.001, 20 epochs (ImageNet-R: 50), no gradient clipping, and the official
+per-epoch schedule ``lr * cos(99 pi e / (200 (K - 1)))`` for epoch ``e`` of ``K``
+(``utils/schedulers.py``; ``lr_schedule: coda_cosine``): a quarter cosine that ends at
+1.6 % of the rate, not torch's ``CosineAnnealingLR`` (``cosine``), which reaches zero.
+The head starts as torch's ``nn.Linear`` (``head_init: linear``; the official ``self.last``).
+
+About the orthogonality weight: the beta release (commit 22948d2, April 2023) ran
+``--prompt_param 100 8 0.1`` but multiplied the penalty by ``1e-6`` inside
+``ortho_penalty``, an effective weight of ``1e-7``; the current release (605ac87 onwards)
+drops that factor, replaces the orthogonal initialisation of all components by
+Gram-Schmidt per task, and sets the weight to 0.0 for every benchmark ("with updated
+code, now can be 0"). The penalty stays available (``ortho_weight``) as in eq. 7.
+
+Ablation switches (default: the method): ``freeze_old: false`` trains every component in
+use; ``attention: false`` drops the attention vectors (``alpha = cos(q, K)``);
+``ortho_init: false`` starts new components as random unit vectors; ``ortho_weight``
+weights the penalty of eq. 7; ``train_mask: false`` trains over every class seen so far.
 
 Choices where the paper is unclear:
 
@@ -59,15 +75,34 @@ from retaincl.registry import register_method
 class CODAPromptParams(PromptTrainParams):
     epochs: int = doc("passes over the training data per task", default=20)
     lr: float = doc("learning rate", default=0.001)
-    lr_schedule: Literal["cosine", "constant"] = doc(
-        "learning-rate schedule within each task: cosine annealing to 0, or constant", default="cosine"
+    lr_schedule: Literal["constant", "cosine", "coda_cosine"] = doc(
+        "learning-rate schedule within each task, per epoch: coda_cosine (official lr * cos(99 pi e / "
+        "(200 (K - 1)))), cosine (torch's CosineAnnealingLR to 0), or constant",
+        default="coda_cosine",
+    )
+    head_init: Literal["zeros", "linear"] = doc(
+        "initial head weights: torch's nn.Linear default (the official code) or zeros", default="linear"
     )
     grad_clip: float = doc("clip the global gradient norm to this value; 0 = no clipping", default=0.0)
     pool_size: int = doc("M: prompt components in all (split evenly over num_tasks)", default=100)
     num_tasks: int = doc("N: tasks the components are split over (the stream's task count)", default=10)
     length: int = doc("L_p: prompt length (half key prefix, half value prefix)", default=8)
     layers: list[int] = doc("layers that carry the prompt (0-based)", default_factory=lambda: [0, 1, 2, 3, 4])
-    ortho_weight: float = doc("lambda: weight of the orthogonality penalty on P, K and A", default=0.1)
+    freeze_old: bool = doc(
+        "components of earlier tasks are frozen (false: the ablation, every component in use trains)", default=True
+    )
+    attention: bool = doc(
+        "weights alpha = cos(q * A, K) (false: the ablation, alpha = cos(q, K) without the attention vectors)",
+        default=True,
+    )
+    ortho_init: bool = doc(
+        "each task's new components start orthogonal to the earlier ones by Gram-Schmidt (false: the "
+        "ablation, random unit vectors)",
+        default=True,
+    )
+    ortho_weight: float = doc(
+        "lambda: weight of the orthogonality penalty on P, K and A (official release: 0.0)", default=0.0
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -93,14 +128,24 @@ class CODAPool(nn.Module):
         self.A = nn.Parameter(torch.zeros(layers, size, dim))
 
 
+def random_unit_rows_(vectors: torch.Tensor, start: int, end: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Rows ``start:end`` of ``vectors`` replaced by random unit vectors (normal draws, not
+    orthogonalised): the ``ortho_init: false`` ablation."""
+    with torch.no_grad():
+        v = torch.randn(end - start, vectors.shape[1], generator=generator, dtype=torch.float64)
+        vectors[start:end] = (v / v.norm(dim=1, keepdim=True)).to(vectors.device, vectors.dtype)
+    return vectors
+
+
 def _frozen_before(t: torch.Tensor, start: int, end: int) -> torch.Tensor:
     """Rows ``0:end`` of ``t`` with rows ``0:start`` detached (no gradient reaches them)."""
     return torch.cat([t[:start].detach(), t[start:end]], dim=0)
 
 
-def coda_weights(queries: torch.Tensor, K: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
-    """Eq. 4-5: ``alpha[b, m] = cos(q_b * A_m, K_m)``; ``B x M``."""
-    attended = queries[:, None, :] * A[None]  # B x M x D
+def coda_weights(queries: torch.Tensor, K: torch.Tensor, A: torch.Tensor | None) -> torch.Tensor:
+    """Eq. 4-5: ``alpha[b, m] = cos(q_b * A_m, K_m)``; ``B x M``. ``A = None`` (the ablation):
+    ``cos(q_b, K_m)``."""
+    attended = queries[:, None, :] * A[None] if A is not None else queries[:, None, :].expand(-1, K.shape[0], -1)
     return (F.normalize(attended, dim=-1) * F.normalize(K, dim=-1)[None]).sum(-1)
 
 
@@ -138,13 +183,14 @@ class CODAPrompt(PromptPoolLearner):
         super().begin_task(task)
         s, f = self.components(task.index)
         pool = self.pool
+        init = gram_schmidt_ if self.params.ortho_init else random_unit_rows_
         with torch.no_grad():
             for li in range(len(self.params.layers)):
                 flat = pool.P.data[li].reshape(pool.P.shape[1], -1)
-                gram_schmidt_(flat, s, f, self.generator)
+                init(flat, s, f, self.generator)
                 pool.P.data[li] = flat.reshape(pool.P.shape[1:])
-                gram_schmidt_(pool.K.data[li], s, f, self.generator)
-                gram_schmidt_(pool.A.data[li], s, f, self.generator)
+                init(pool.K.data[li], s, f, self.generator)
+                init(pool.A.data[li], s, f, self.generator)
 
     # ------------------------------------------------------------------ prompts
 
@@ -154,6 +200,8 @@ class CODAPrompt(PromptPoolLearner):
         s, f = self.components(t)
         if not train:
             s = f  # nothing trains at test time
+        elif not self.params.freeze_old:
+            s = 0  # the ablation: every component in use trains
         half = self.params.length // 2
         prefixes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         ortho = queries.new_zeros(())
@@ -161,7 +209,7 @@ class CODAPrompt(PromptPoolLearner):
             P = _frozen_before(self.pool.P[li], s, f)
             K = _frozen_before(self.pool.K[li], s, f)
             A = _frozen_before(self.pool.A[li], s, f)
-            alpha = coda_weights(queries, K, A)  # B x f
+            alpha = coda_weights(queries, K, A if self.params.attention else None)  # B x f
             prompt = torch.einsum("bm,mld->bld", alpha, P)  # B x L_p x D
             prefixes[layer] = (prompt[:, :half], prompt[:, half:])
             if train and self.params.ortho_weight:

@@ -31,11 +31,20 @@ test batch. By default each sample's task is estimated on its own.
 Choices where the paper is unclear, taken from the official code (naver-ai/dap-cl)
 and recorded here:
 
+- one optimiser for the whole stream (``src/engine/trainer.py`` builds it once, in
+  ``Trainer.__init__``): Adam with AMSGrad (``src/solver/optimizer.py``), betas (0.9, 0.9)
+  in the official configs; its moments carry over from task to task, so the rows of
+  old keys and embeddings keep moving on their momentum for a while after their task
+  (``reset_optimizer: true`` gives a fresh optimiser per task instead);
+- ``num_tasks`` keys and task embeddings allocated up front (``PROMPT_POOL`` and
+  ``NUM_TASKS_FOR_EMB`` = 10), so the one optimiser holds them all from the start;
 - the down-projection ``W_l, b_l`` is zero-initialised and frozen after the first task
-  (``freeze_down_after_first_task``); LN, FiLM, keys, embeddings and head keep training;
+  (``freeze_down_after_first_task``); LN, FiLM, keys, embeddings and head keep training.
+  (Under the official PyTorch 1.11, ``zero_grad()`` left a zero gradient on the frozen
+  weights, so AMSGrad's momentum still moved them for a few dozen steps of task 1;
+  here a frozen weight has no gradient and does not move, which is what the paper says.)
 - keys are drawn uniform in +-sqrt(6 / (3 * patch_area + D)) (VPT's range), task
-  embeddings from N(0, 1) (``nn.Embedding``'s init); new ones are created when a task
-  begins (the official code allocates 10 up front), from ``self.generator``;
+  embeddings from N(0, 1) (``nn.Embedding``'s init), from ``self.generator``;
 - ``t^`` is searched among the tasks learned so far only (the official code also
   scores the keys of tasks not yet seen);
 - ImageNet-R: the official code generates no prompt at the last layer and masks the
@@ -43,8 +52,14 @@ and recorded here:
   (``prompt_layers``, ``mask_logits_by_task``) set in ``configs/dap_imagenet_r.yaml``;
 - majority vote ties go to the lowest task index (the official ``topk`` leaves them
   unspecified);
-- Adam with betas (0.9, 0.9), lr 0.01, constant schedule, gradient-norm clip 1.0,
-  batch 128 (official base config).
+- Adam (AMSGrad) with betas (0.9, 0.9), lr 0.01, constant schedule, gradient-norm clip
+  1.0, batch 128 (official base config).
+
+Ablation switches (default: the method): ``instance_prompts: false`` drops the
+down-projection's input, so every sample of a task gets the same prompts
+``beta(e_t) / ||beta||`` (task-level prompts, no instance-level generation);
+``estimate_task: false`` gives every test sample the latest task's embedding instead of
+the one its query matches.
 
 Implementation note: DAP's prompts depend on each layer's input, so they reach the
 shared ``PETLViT`` through its ``prompt_fn`` hook: at every layer it gets the tokens
@@ -54,6 +69,7 @@ layer's (None: no prompts at that layer).
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -66,7 +82,7 @@ from retaincl.backbones.vit.modules import vpt_init_range
 from retaincl.config import ConfigError, doc
 from retaincl.data.scenarios import Task
 from retaincl.methods.base import LearnerContext
-from retaincl.methods.vpt import PromptLearner, PromptTuneParams
+from retaincl.methods.vpt import PromptLearner, PromptTuneParams, make_optimizer
 from retaincl.registry import register_method
 
 
@@ -81,9 +97,12 @@ class PromptGenerator(nn.Module):
         nn.init.zeros_(self.down.bias)
         self.film = nn.Linear(task_dim, 2 * dim)
 
-    def forward(self, tokens: torch.Tensor, task_emb: torch.Tensor) -> torch.Tensor:
-        """``tokens``: B x N x D, ``task_emb``: B x E -> prompts B x L x D."""
+    def forward(self, tokens: torch.Tensor, task_emb: torch.Tensor, instance: bool = True) -> torch.Tensor:
+        """``tokens``: B x N x D, ``task_emb``: B x E -> prompts B x L x D. ``instance=False``
+        (the ablation) drops ``W LN(X) + b``: every prompt token is ``beta``."""
         z = self.down(self.norm(tokens).transpose(1, 2))  # B x D x L
+        if not instance:
+            z = torch.zeros_like(z)
         gamma, beta = self.film(task_emb).chunk(2, dim=-1)  # B x D each
         gamma = gamma / gamma.norm(dim=-1, keepdim=True).detach()
         beta = beta / beta.norm(dim=-1, keepdim=True).detach()
@@ -91,40 +110,33 @@ class PromptGenerator(nn.Module):
 
 
 class DAPPrompter(nn.Module):
-    """The generators of every prompted layer, the task keys and the task embeddings."""
+    """The generators of every prompted layer, the task keys and the task embeddings
+    (``num_tasks`` of each, allocated up front as the official code does)."""
 
-    def __init__(self, num_tokens: int, dim: int, length: int, task_dim: int, layers: list[int], key_range: float) -> None:
+    def __init__(
+        self,
+        num_tokens: int,
+        dim: int,
+        length: int,
+        task_dim: int,
+        layers: list[int],
+        key_range: float,
+        num_tasks: int,
+        generator: torch.Generator,
+    ) -> None:
         super().__init__()
         self.layers = tuple(layers)
-        self.key_range = key_range
         self.generators = nn.ModuleDict({str(i): PromptGenerator(num_tokens, dim, length, task_dim) for i in layers})
-        self.keys = nn.Parameter(torch.empty(0, dim))
-        self.task_emb = nn.Parameter(torch.empty(0, task_dim))
+        keys = (torch.rand(num_tasks, dim, generator=generator) * 2 - 1) * key_range  # VPT's uniform range
+        self.keys = nn.Parameter(keys)
+        self.task_emb = nn.Parameter(torch.randn(num_tasks, task_dim, generator=generator))  # nn.Embedding's N(0, 1)
 
-    @property
-    def num_tasks(self) -> int:
-        return int(self.keys.shape[0])
+    def similarity(self, query: torch.Tensor, tasks: int) -> torch.Tensor:
+        """``cos(q_b, k_t)`` for the first ``tasks`` keys: B x tasks."""
+        return F.normalize(query, dim=-1) @ F.normalize(self.keys[:tasks], dim=-1).T
 
-    def add_task(self, generator: torch.Generator) -> None:
-        """A new key (VPT's uniform range) and a new task embedding (N(0, 1))."""
-        dev = self.keys.device
-        key = (torch.rand(1, self.keys.shape[1], generator=generator) * 2 - 1) * self.key_range
-        emb = torch.randn(1, self.task_emb.shape[1], generator=generator)
-        self.keys = nn.Parameter(torch.cat([self.keys.data, key.to(dev)]))
-        self.task_emb = nn.Parameter(torch.cat([self.task_emb.data, emb.to(dev)]))
-
-    def resize(self, num_tasks: int) -> None:
-        """Empty rows up to ``num_tasks`` (before loading a checkpoint)."""
-        dev = self.keys.device
-        self.keys = nn.Parameter(torch.zeros(num_tasks, self.keys.shape[1], device=dev))
-        self.task_emb = nn.Parameter(torch.zeros(num_tasks, self.task_emb.shape[1], device=dev))
-
-    def similarity(self, query: torch.Tensor) -> torch.Tensor:
-        """``cos(q_b, k_t)``: B x T."""
-        return F.normalize(query, dim=-1) @ F.normalize(self.keys, dim=-1).T
-
-    def generate(self, layer: int, tokens: torch.Tensor, task_emb: torch.Tensor) -> torch.Tensor:
-        return self.generators[str(layer)](tokens, task_emb)
+    def generate(self, layer: int, tokens: torch.Tensor, task_emb: torch.Tensor, instance: bool = True) -> torch.Tensor:
+        return self.generators[str(layer)](tokens, task_emb, instance)
 
 
 @dataclass
@@ -141,6 +153,17 @@ class DAPParams(PromptTuneParams):
     prompt_layers: list[int] | None = doc("layers that get generated prompts; null = all", default=None)
     pull_weight: float = doc("weight of the key-query pull term (DAP: SIM_LAMBDA)", default=0.1)
     train_mask: bool = doc("cross-entropy over the current task's classes only (others masked)", default=True)
+    amsgrad: bool = doc("Adam's AMSGrad variant (the official optimiser)", default=True)
+    reset_optimizer: bool = doc(
+        "a fresh optimiser each task; false = one optimiser for the whole stream (official)", default=False
+    )
+    num_tasks: int = doc("task keys and embeddings allocated up front (official PROMPT_POOL = 10)", default=10)
+    instance_prompts: bool = doc(
+        "prompts generated from each sample's tokens (false: the ablation, task-level prompts only)", default=True
+    )
+    estimate_task: bool = doc(
+        "each test sample's task embedding by key matching (false: the ablation, the latest task's)", default=True
+    )
     freeze_down_after_first_task: bool = doc(
         "freeze the generators' token down-projection after the first task (official code)", default=True
     )
@@ -159,6 +182,8 @@ class DAPParams(PromptTuneParams):
             raise ConfigError(
                 f"prompt_length and task_embedding_dim must be >= 1, got {self.prompt_length}, {self.task_embedding_dim}"
             )
+        if self.num_tasks < 1:
+            raise ConfigError(f"num_tasks must be >= 1, got {self.num_tasks}")
         if self.prompt_layers is not None and not self.prompt_layers:
             raise ConfigError("prompt_layers is empty; give layer indices or null for every layer")
 
@@ -182,29 +207,42 @@ class DAP(PromptLearner):
             raise ConfigError(f"methods.dap.prompt_layers {bad} are outside 0..{vit.depth - 1} (this ViT has {vit.depth} blocks)")
         num_tokens = int(net.patch_embed.num_patches) + int(net.num_prefix_tokens)
         key_range = vpt_init_range(net.patch_embed.patch_size, vit.dim)
-        self.prompter = DAPPrompter(num_tokens, vit.dim, params.prompt_length, params.task_embedding_dim, layers, key_range)
-        self.prompter.to(self.device)
+        self.prompter = DAPPrompter(
+            num_tokens, vit.dim, params.prompt_length, params.task_embedding_dim, layers, key_range,
+            params.num_tasks, self.generator,
+        ).to(self.device)
         self.head = nn.Linear(self.backbone.feature_dim, ctx.num_classes).to(self.device)
-        #: the (stream) classes of each task learned so far, for masks.
+        #: the (stream) classes of each task begun so far, for masks; its length is the task count.
         self.task_classes: list[list[int]] = []
+        #: the optimiser (one for the stream unless ``reset_optimizer``), built at the first fit.
+        self.optimizer: torch.optim.Optimizer | None = None
 
     # ------------------------------------------------------------------ the protocol
 
     def begin_task(self, task: Task) -> None:
+        if task.index >= self.params.num_tasks:
+            raise ConfigError(
+                f"DAP has {self.params.num_tasks} task keys and embeddings (methods.dap.num_tasks) and this "
+                f"stream has a task {task.index}; set num_tasks to the number of tasks"
+            )
         super().begin_task(task)
-        while self.prompter.num_tasks <= task.index:
-            self.prompter.add_task(self.generator)
         while len(self.task_classes) <= task.index:
             self.task_classes.append([])
         self.task_classes[task.index] = list(task.classes)
+
+    def optimised_parameters(self) -> list[nn.Parameter]:
+        """Everything DAP learns, in a fixed order (frozen ones get no gradient and are skipped)."""
+        return list(self.prompter.parameters()) + list(self.head.parameters())
 
     def fit(self, task: Task) -> None:
         p, t = self.params, task.index
         freeze_down = p.freeze_down_after_first_task and t > 0
         for name, param in self.prompter.named_parameters():
             param.requires_grad_(not (freeze_down and ".down." in name))
-        trainable = [q for q in self.prompter.parameters() if q.requires_grad] + list(self.head.parameters())
-        queries = self.ctx.features.get(task.train) if self.ctx.features is not None else None
+        params = self.optimised_parameters()
+        if self.optimizer is None or p.reset_optimizer:
+            self.optimizer = make_optimizer(params, p)
+        queries = self.cached_queries(task)
         mask = self.class_mask(task.classes) if p.train_mask else None
 
         def loss(images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -214,10 +252,21 @@ class DAP(PromptLearner):
             logits = self.head(self.features(images, tasks))
             if mask is not None:
                 logits = logits + mask
-            pull = self.prompter.similarity(q)[:, t].mean()
+            pull = self.prompter.similarity(q, t + 1)[:, t].mean()
             return F.cross_entropy(logits, labels) - p.pull_weight * pull
 
-        self.train_split(task.train, trainable, loss, f"dap task {t}")
+        self.train_split(task.train, params, loss, f"dap task {t}", t, self.optimizer)
+
+    def cached_queries(self, task: Task) -> torch.Tensor | None:
+        """The training split's frozen [CLS] features from the runner's cache, or None to
+        compute them per batch: always when training images are augmented (the query is
+        the augmented image's, as in the official code) or the cache holds another backbone."""
+        store = self.ctx.features
+        if store is None or getattr(store, "backbone", None) is None or self.backbone.transform.augments:
+            return None
+        if store.backbone.identity != self.backbone.identity:
+            return None
+        return store.get(task.train)
 
     # ------------------------------------------------------------------ inference
 
@@ -226,20 +275,24 @@ class DAP(PromptLearner):
         return self.backbone(images, modules=False)
 
     def estimate_tasks(self, query: torch.Tensor) -> torch.Tensor:
-        """``argmax_t cos(q, k_t)`` per sample; with ``batch_majority_vote`` the batch's mode."""
-        est = self.prompter.similarity(query).argmax(dim=1)
+        """``argmax_t cos(q, k_t)`` per sample over the tasks learned so far; with
+        ``batch_majority_vote`` the batch's mode; with ``estimate_task: false`` the latest task."""
+        learned = max(len(self.task_classes), 1)
+        if not self.params.estimate_task:
+            return torch.full((len(query),), learned - 1, dtype=torch.long, device=query.device)
+        est = self.prompter.similarity(query, learned).argmax(dim=1)
         if self.params.batch_majority_vote:
-            counts = torch.bincount(est, minlength=self.prompter.num_tasks)
+            counts = torch.bincount(est, minlength=learned)
             est = torch.full_like(est, int(counts.argmax()))  # ties: lowest task index
         return est
 
     def features(self, images: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
         """[CLS] features with prompts generated from each layer's tokens and ``e_{tasks}``."""
         emb = self.prompter.task_emb[tasks]
-        layers = set(self.prompter.layers)
+        layers, instance = set(self.prompter.layers), self.params.instance_prompts
 
         def generate(layer: int, tokens: torch.Tensor) -> torch.Tensor | None:
-            return self.prompter.generate(layer, tokens, emb) if layer in layers else None
+            return self.prompter.generate(layer, tokens, emb, instance) if layer in layers else None
 
         return self.backbone.vit.forward_features(self.backbone.preprocess(images), prompt_fn=generate)
 
@@ -259,10 +312,19 @@ class DAP(PromptLearner):
 
     # ------------------------------------------------------------------ state
 
-    def restore_module(self, attr: str, module_state: dict[str, torch.Tensor]) -> None:
-        if attr == "prompter":
-            self.prompter.resize(int(module_state["keys"].shape[0]))
-        super().restore_module(attr, module_state)
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        # the stream's optimiser is part of the learned state: a resumed run continues its moments
+        state["optimizer"] = copy.deepcopy(self.optimizer.state_dict()) if self.optimizer is not None else None
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        saved = state.get("optimizer")
+        self.optimizer = None
+        if saved is not None:
+            self.optimizer = make_optimizer(self.optimised_parameters(), self.params)
+            self.optimizer.load_state_dict(saved)
 
     def describe(self) -> dict[str, Any]:
         return {

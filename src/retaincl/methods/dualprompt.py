@@ -9,10 +9,10 @@ pre-trained ViT:
   with a key ``k_t``.
 
 Training on task ``t`` (Sec. 4.3, eq. 5): the *true task's* E-prompt ``e_t`` is used
-for every sample, and the loss is ``CE(f(x; g, e_t), y) + lambda * (1 - cos(q(x), k_t))``,
-``q(x)`` the [CLS] feature of the frozen ViT without prompts, the cross-entropy over the
-current task's classes (the official ``train_mask``). The head reads the prompted
-model's [CLS] (the official ``vit_classifier="token"``).
+for every sample, and the loss is ``CE(f(x; g, e_t), y) + lambda * (1 - cos(q(x), k_t))``
+(mean over the batch), ``q(x)`` the [CLS] feature of the frozen ViT without prompts, the
+cross-entropy over the current task's classes (the official ``train_mask``). The head
+reads the prompted model's [CLS] (the official ``vit_classifier="token"``).
 
 Test (Sec. 4.3): each sample picks the E-prompt of its best-matching key,
 ``t_x = argmax_t cos(q(x), k_t)`` over the tasks trained so far, with the shared G-prompt.
@@ -20,25 +20,50 @@ Test (Sec. 4.3): each sample picks the E-prompt of its best-matching key,
 Defaults: ``L_g = 5`` at layers 0-1, ``L_e = 5`` at layers 2-4, E-pool size 10 (one per
 task of the 10-task benchmarks), ``lambda = 1.0`` (official ``pull_constraint_coeff``);
 Adam, batch 128, constant lr 0.005, 5 epochs (the paper's Sec. 5 set-up). Official
-configs (``google-research/l2p``): CIFAR-100 lr 0.03, 24 per device, ``L_e = 5``;
-ImageNet-R lr 0.005, 50 epochs, ``L_e = 20``; both clip gradients at norm 1.0.
+configs (``google-research/l2p``, ``configs/cifar100_dualprompt.py``,
+``configs/imr_dualprompt.py``): CIFAR-100 lr 0.03, ImageNet-R lr 0.005, 50 epochs,
+``L_e = 20``, 24 per device, both clip gradients at norm 1.0, and both scale the rate by
+``global_batch / 256`` (``train_continual.py``); ``configs/dualprompt_*.yaml`` state the
+effective rates.
 
-Choices where the paper is unclear:
+Details taken from the official JAX code, where the PyTorch port (JH-LEE-KR/
+dualprompt-pytorch, copied by LAMDA-PILOT) differs or the paper is silent:
 
-- a prefix of length ``L`` has ``L`` key *and* ``L`` value vectors (the official code's
-  shape ``(layers, 2, L, D)``); the paper's text splits ``L`` into two halves, which
-  ``L = 5`` cannot do.
-- test-time matching is over the keys of the tasks trained so far (untrained keys of the
-  fixed-size pool never win a sample).
-- keys and prompts start uniform in [-1, 1] (the PyTorch port's ``uniform`` init).
-- the official CIFAR-100 config also sets ``batchwise_prompt`` (one E-prompt for a
-  whole test batch); that batch-level trick is not offered here: selection is always
-  per sample.
+- ``shared_prompt_pool`` (official ``prompt_pool_param.shared_prompt_pool = True`` in both
+  configs): before training task ``t > 0``, E-prompt ``t`` is initialised with a copy of
+  the trained E-prompt ``t - 1`` (the keys are not copied: ``shared_prompt_key = False``);
+- prompts, prefixes and keys start U[0, 0.01) (flax's ``uniform()``; ``prompt_init:
+  jax``), the head at zero (``head_init: zeros``); the port draws U[-1, 1] and timm's
+  truncated normal;
+- a prefix of length ``L`` has ``L`` key *and* ``L`` value vectors (the official shape
+  ``(layers, 2, L, heads, D / heads)``); the paper's text splits ``L`` into two halves,
+  which ``L = 5`` cannot do;
+- the gradient-norm clip is over the trained parameters (see :mod:`~retaincl.methods.l2p`);
+- each sample's E-prefix is its own E-prompt's (key, value) pair, as the JAX code's
+  ``(layers, 2, B, ...)`` layout. The port's ``EPrompt`` reshapes ``(layers, 2, B, k, L,
+  ...)`` to ``(layers, B, 2, k L, ...)`` without a permute, which hands samples the key
+  or value prefixes of other samples; on the tiny-ViT stream patching it moved nothing
+  beyond the seed spread (``docs/prompt_pool_methods.md``).
+
+Ablation switches (default: the method): ``g_length: 0`` removes the G-prompt;
+``train_with_task_id: false`` lets training pick E-prompts by key matching, as at test
+time, instead of the task-to-E-prompt mapping; ``pull_weight: 0`` stops the keys
+training; ``train_mask: false`` trains over every class seen so far.
+
+Deliberate deviations:
+
+- test-time matching is over the keys of the tasks trained so far. The official code
+  (JAX and port alike) takes the top-1 over the whole fixed-size pool, so a test sample
+  can pick the never-trained E-prompt of a future task; that is a flaw of the release,
+  not part of the method (Sec. 4.3 matches against the learned keys).
+- the official CIFAR-100 config sets ``batchwise_prompt`` (one E-prompt for a whole test
+  batch); that batch-level trick is not offered here: selection is always per sample.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -50,6 +75,7 @@ from retaincl.methods.prompt_common import (
     PromptPoolLearner,
     PromptTrainParams,
     cosine_matrix,
+    init_prompt_,
     pull_loss,
 )
 from retaincl.registry import register_method
@@ -64,6 +90,19 @@ class DualPromptParams(PromptTrainParams):
     e_layers: list[int] = doc("layers that carry the E-prompts (0-based)", default_factory=lambda: [2, 3, 4])
     pool_size: int = doc("E-prompts (one per task): at least the stream's number of tasks", default=10)
     pull_weight: float = doc("lambda: weight of the key matching loss 1 - cos(q, k_t)", default=1.0)
+    train_with_task_id: bool = doc(
+        "training uses the true task's E-prompt (false: the ablation, the best-matching key's, as at test time)",
+        default=True,
+    )
+    shared_prompt_pool: bool = doc(
+        "before task t > 0, copy the trained E-prompt of task t - 1 into E-prompt t (official configs)",
+        default=True,
+    )
+    prompt_init: Literal["jax", "torch_port"] = doc(
+        "initial prompts and keys: jax = U[0, 0.01) (official google-research/l2p), torch_port = U[-1, 1] "
+        "(the PyTorch port and LAMDA-PILOT)",
+        default="jax",
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -82,12 +121,12 @@ class DualPromptPool(nn.Module):
 
     def __init__(self, p: DualPromptParams, dim: int) -> None:
         super().__init__()
-        ng, ne, T = len(p.g_layers), len(p.e_layers), p.pool_size
-        self.g_key = nn.Parameter(torch.empty(ng, p.g_length, dim).uniform_(-1.0, 1.0))
-        self.g_value = nn.Parameter(torch.empty(ng, p.g_length, dim).uniform_(-1.0, 1.0))
-        self.e_key = nn.Parameter(torch.empty(T, ne, p.e_length, dim).uniform_(-1.0, 1.0))
-        self.e_value = nn.Parameter(torch.empty(T, ne, p.e_length, dim).uniform_(-1.0, 1.0))
-        self.keys = nn.Parameter(torch.empty(T, dim).uniform_(-1.0, 1.0))
+        ng, ne, T, init = len(p.g_layers), len(p.e_layers), p.pool_size, p.prompt_init
+        self.g_key = nn.Parameter(init_prompt_(torch.empty(ng, p.g_length, dim), init))
+        self.g_value = nn.Parameter(init_prompt_(torch.empty(ng, p.g_length, dim), init))
+        self.e_key = nn.Parameter(init_prompt_(torch.empty(T, ne, p.e_length, dim), init))
+        self.e_value = nn.Parameter(init_prompt_(torch.empty(T, ne, p.e_length, dim), init))
+        self.keys = nn.Parameter(init_prompt_(torch.empty(T, dim), init))
 
 
 @register_method("dualprompt")
@@ -106,6 +145,16 @@ class DualPrompt(PromptPoolLearner):
             )
         self.pool = DualPromptPool(params, self.dim).to(self.device)
 
+    @classmethod
+    def check_stream(cls, params: DualPromptParams, stream: Any) -> None:
+        """Each task trains its own E-prompt (paper Sec. 4.2), so the pool must hold one per
+        task; refused when the session is created, before anything trains."""
+        if params.pool_size < len(stream):
+            raise ConfigError(
+                f"methods.dualprompt.pool_size={params.pool_size} is smaller than the stream's {len(stream)} tasks "
+                f"(one task-specific E-prompt per task); set methods.dualprompt.pool_size={len(stream)} or more"
+            )
+
     def begin_task(self, task: Task) -> None:
         if task.index >= self.params.pool_size:
             raise ConfigError(
@@ -113,6 +162,11 @@ class DualPrompt(PromptPoolLearner):
                 f"stream has a task {task.index}; set pool_size to the number of tasks"
             )
         super().begin_task(task)
+        t = task.index
+        if self.params.shared_prompt_pool and t > 0:
+            with torch.no_grad():  # official shared_prompt_pool: E-prompt t starts as the trained e_{t-1}
+                self.pool.e_key[t] = self.pool.e_key[t - 1]
+                self.pool.e_value[t] = self.pool.e_value[t - 1]
 
     # ------------------------------------------------------------------ the task -> E-prompt mapping
 
@@ -136,7 +190,7 @@ class DualPrompt(PromptPoolLearner):
         return out
 
     def train_outputs(self, images: torch.Tensor, queries: torch.Tensor, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
-        e_idx = self.e_prompt_indices(queries, task.index)
+        e_idx = self.e_prompt_indices(queries, task.index if self.params.train_with_task_id else None)
         cos = torch.nn.functional.cosine_similarity(queries, self.pool.keys[e_idx], dim=-1)
         logits = self.head(self.backbone(images, prefixes=self.prefixes(e_idx)))
         return logits, self.params.pull_weight * pull_loss(cos)

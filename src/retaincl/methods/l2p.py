@@ -4,25 +4,49 @@ A pool of ``M`` (key, prompt) pairs ``{(k_i, P_i)}``, ``P_i`` of ``L_p`` tokens,
 frozen pre-trained ViT ``f``:
 
 - query (Sec. 4.2): ``q(x) = f(x)[0]``, the [CLS] feature of the frozen ViT *without*
-  prompts;
+  prompts (after the final norm: the official ``embedding_key="cls"``);
 - selection (eq. 3): the ``N`` keys with the highest ``cos(q(x), k_i)``; their prompts
   are prepended to the patch tokens, ``x_p = [P_s1; ...; P_sN; x_e]`` (after [CLS]);
 - head (eq. 4): ``g(f_avg(x_p))`` with ``f_avg`` the mean of the ViT's outputs at the
   ``N * L_p`` prompt positions (the paper's and the official ``vit_classifier="prompt"``);
-- loss (eq. 5): ``CE(g(f_avg(x_p)), y) + lambda * sum_i (1 - cos(q(x), k_si))``, the
-  cross-entropy over the current task's classes only (logits of the other classes
-  masked, the official ``train_mask``); prompts, keys and head train, the ViT is frozen.
+- loss (eq. 5): ``CE(g(f_avg(x_p)), y) + lambda * sum_i (1 - cos(q(x), k_si))``, the sum
+  over the ``N`` selected keys and the mean over the batch (the official ``reduce_sim``:
+  ``sum(cos) / B``), the cross-entropy over the current task's classes only (logits of
+  the other classes masked, the official ``train_mask``); prompts, keys and head train
+  with one learning rate, the ViT is frozen.
 
 Defaults are the paper's (Sec. 5.1/5.3): ``M = 10``, ``L_p = 5``, ``N = 5``; Adam,
-batch 128, constant lr 0.03, 5 epochs (Split CIFAR-100). ``lambda = 0.1``. The official
-CIFAR-100 config (``google-research/l2p``, ``configs/cifar100_l2p.py``) differs: length 10,
-top-N 4, ``pull_constraint_coeff = 1.0``, 16 per device, gradient clipping at norm 1.0,
-and ``batchwise_prompt = True`` (see below); ``configs/l2p_cifar100.yaml`` records both.
+batch 128, constant lr 0.03, 5 epochs (Split CIFAR-100); ``lambda = 0.1``. The official
+CIFAR-100 config (``google-research/l2p``, ``configs/cifar100_l2p.py``) differs: length
+10, top-N 4, ``pull_constraint_coeff = 1.0``, gradient clipping at norm 1.0,
+``batchwise_prompt = True`` (see below), and its learning rate is for a global batch of
+256 (``train_continual.py``: ``lr * global_batch / 256``), so 0.03 at the paper's batch of
+128 (16 per device on 8 devices, the README) is an effective 0.015;
+``configs/l2p_cifar100.yaml`` records the official run key by key.
+
+Details taken from the official JAX code (google-research/l2p), where the PyTorch port
+(JH-LEE-KR/l2p-pytorch, copied by LAMDA-PILOT) differs:
+
+- prompts and keys start U[0, 0.01) (flax's default ``uniform()``; ``prompt_init: jax``);
+  the port draws U[-1, 1] (``prompt_init: torch_port``);
+- the head starts at zero (``kernel_init=zeros``; ``head_init: zeros``); the port's is
+  timm's truncated normal;
+- prompt tokens get **no** position embedding: the JAX encoder adds the position
+  embeddings to [CLS] and the patches, then ``prepend_prompt`` inserts the prompts. The
+  port instead extends the position embedding with copies of [CLS]'s, so its prompt
+  tokens carry [CLS]'s position embedding.
+- the official code clips the global gradient norm over *all* parameters, the frozen
+  ViT's included (they are frozen by a zero learning rate, not by dropping their
+  gradients); here, as in the port, the norm is over the trained parameters only. With
+  Adam this changes the step little (the update is nearly invariant to a common scale).
+
+Ablation switches (default: the method): ``pull_weight: 0`` drops the pull term (the keys
+then never train); ``key_selection: false`` gives every sample prompts ``0..N-1`` instead
+of its top-N keys' (no instance-wise selection); ``train_mask: false`` trains the
+cross-entropy over every class seen so far.
 
 Choices where the paper is unclear:
 
-- keys and prompts start uniform in [-1, 1] (the PyTorch port's ``uniform`` init; the
-  JAX release's flax ``uniform`` draws in [0, 0.01)).
 - the paper's optional task-boundary "diversified selection" (frequency penalty, Sec.
   4.2) is not used, as in the official CIFAR-100 / ImageNet-R configs.
 - inference is per sample: each test sample uses its own top-N prompts. The official
@@ -35,7 +59,7 @@ Choices where the paper is unclear:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -46,6 +70,7 @@ from retaincl.methods.base import LearnerContext
 from retaincl.methods.prompt_common import (
     PromptPoolLearner,
     PromptTrainParams,
+    init_prompt_,
     majority_indices,
     pull_loss,
     top_n_keys,
@@ -64,6 +89,15 @@ class L2PParams(PromptTrainParams):
         "(predictions then depend on the batch; recorded as batch_level_inference)",
         default=False,
     )
+    key_selection: bool = doc(
+        "each sample's prompts by key-query matching (false: the ablation, every sample uses prompts 0..N-1)",
+        default=True,
+    )
+    prompt_init: Literal["jax", "torch_port"] = doc(
+        "initial prompts and keys: jax = U[0, 0.01) (official google-research/l2p), torch_port = U[-1, 1] "
+        "(the PyTorch ports and LAMDA-PILOT)",
+        default="jax",
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -76,10 +110,10 @@ class L2PParams(PromptTrainParams):
 class PromptPool(nn.Module):
     """``M`` keys (``M x D``) and ``M`` prompts (``M x L_p x D``)."""
 
-    def __init__(self, size: int, length: int, dim: int) -> None:
+    def __init__(self, size: int, length: int, dim: int, init: str = "jax") -> None:
         super().__init__()
-        self.keys = nn.Parameter(torch.empty(size, dim).uniform_(-1.0, 1.0))
-        self.prompts = nn.Parameter(torch.empty(size, length, dim).uniform_(-1.0, 1.0))
+        self.keys = nn.Parameter(init_prompt_(torch.empty(size, dim), init))
+        self.prompts = nn.Parameter(init_prompt_(torch.empty(size, length, dim), init))
 
 
 @register_method("l2p")
@@ -91,14 +125,17 @@ class L2P(PromptPoolLearner):
 
     def __init__(self, params: L2PParams, ctx: LearnerContext) -> None:
         super().__init__(params, ctx)
-        self.pool = PromptPool(params.pool_size, params.length, self.dim).to(self.device)
+        self.pool = PromptPool(params.pool_size, params.length, self.dim, params.prompt_init).to(self.device)
 
     def select(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pool indices (``B x N``) of each sample's prompts and the cosines of the keys used
         (``B x N``): its own top-N, or the batch majority with ``batchwise_prompt``."""
         p = self.params
         idx, cos = top_n_keys(queries, self.pool.keys, p.top_n)
-        if p.batchwise_prompt:
+        if not p.key_selection:  # the ablation: the same first N prompts for every sample
+            idx = torch.arange(p.top_n, device=queries.device)[None].expand(len(queries), -1)
+            cos = torch.nn.functional.cosine_similarity(queries[:, None], self.pool.keys[idx], dim=-1)
+        elif p.batchwise_prompt:
             chosen = majority_indices(idx, p.top_n, p.pool_size)
             idx = chosen[None].expand(len(queries), -1)
             cos = torch.nn.functional.cosine_similarity(queries[:, None], self.pool.keys[idx], dim=-1)

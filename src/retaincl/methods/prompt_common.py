@@ -28,9 +28,11 @@ weights stay frozen (``requires_grad`` off), only the pools and the head train.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,26 +51,82 @@ class PromptTrainParams:
 
     epochs: int = doc("passes over the training data per task", default=5)
     batch_size: int = doc("training batch size", default=128)
+    drop_last: bool = doc("skip each epoch's last batch when it is smaller than batch_size (CODA-Prompt's loader)", default=False)
     lr: float = doc("learning rate", default=0.03)
+    lr_batch_reference: int = doc(
+        "when > 0, train at lr * batch_size / lr_batch_reference (the official L2P/DualPrompt code's "
+        "linear scaling rule: its configured rate is for a global batch of 256); 0 = lr as given",
+        default=0,
+    )
     optimizer: Literal["adam", "sgd"] = doc("adam (beta 0.9, 0.999, as all three papers) or sgd", default="adam")
     momentum: float = doc("SGD momentum (optimizer=sgd only)", default=0.9)
     weight_decay: float = doc("weight decay", default=0.0)
-    lr_schedule: Literal["cosine", "constant"] = doc(
-        "learning-rate schedule within each task: cosine annealing to 0, or constant", default="constant"
+    lr_schedule: Literal["constant", "cosine", "coda_cosine"] = doc(
+        "learning-rate schedule within each task, per epoch: constant; cosine (torch's CosineAnnealingLR, "
+        "to 0 after the last epoch); coda_cosine (CODA-Prompt's official lr * cos(99 pi e / (200 (K - 1))) "
+        "for epoch e of K)",
+        default="constant",
     )
     grad_clip: float = doc("clip the global gradient norm to this value; 0 = no clipping", default=1.0)
     train_mask: bool = doc("cross-entropy over the current task's classes only (logits of other classes masked)", default=True)
+    head_init: Literal["zeros", "linear"] = doc(
+        "initial head weights: zeros (the official L2P/DualPrompt JAX code) or torch's nn.Linear default "
+        "(CODA-Prompt's official code)",
+        default="zeros",
+    )
+
+    @property
+    def effective_lr(self) -> float:
+        """The rate the optimiser uses: ``lr``, scaled by ``batch_size / lr_batch_reference`` when set."""
+        return self.lr * self.batch_size / self.lr_batch_reference if self.lr_batch_reference else self.lr
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError(f"epochs ({self.epochs}) and batch_size ({self.batch_size}) must be at least 1")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.lr_batch_reference < 0:
+            raise ConfigError(f"lr_batch_reference must be >= 0 (0 turns the scaling off), got {self.lr_batch_reference}")
         if self.grad_clip < 0:
             raise ConfigError(f"grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip}")
 
 
+# ----------------------------------------------------------------------------- initialisation
+
+#: prompt and key initialisations of L2P and DualPrompt: ``jax`` is flax's default
+#: ``nn.initializers.uniform()``, U[0, 0.01), which the official release
+#: (google-research/l2p, ``models/prompt.py``, ``models/vit.py``) uses for prompts, G-/E-
+#: prefixes and keys; ``torch_port`` is U[-1, 1], the PyTorch re-implementations'
+#: (JH-LEE-KR/l2p-pytorch and dualprompt-pytorch ``prompt.py``, copied by LAMDA-PILOT).
+PROMPT_INITS = ("jax", "torch_port")
+
+
+def init_prompt_(t: torch.Tensor, how: str) -> torch.Tensor:
+    """Fill ``t`` in place with the named prompt initialisation (see ``PROMPT_INITS``)."""
+    with torch.no_grad():
+        if how == "jax":
+            return t.uniform_(0.0, 0.01)
+        if how == "torch_port":
+            return t.uniform_(-1.0, 1.0)
+    raise ValueError(f"unknown prompt init {how!r}; use one of {PROMPT_INITS}")
+
+
 # ----------------------------------------------------------------------------- matching
+
+
+def schedule_factor(kind: str, epoch: int, epochs: int) -> float:
+    """Learning-rate multiplier of ``epoch`` (0-based) of ``epochs`` for schedule ``kind``.
+
+    ``coda_cosine`` is CODA-Prompt's official schedule (GT-RIPL/CODA-Prompt,
+    ``utils/schedulers.py``): ``cos(99 pi e / (200 (K - 1)))``, a quarter cosine that
+    still trains at 1.6 % of the rate in the last epoch (1 for a single epoch, where the
+    official formula divides by zero). ``cosine`` is torch's ``CosineAnnealingLR`` with
+    ``T_max = K``: ``(1 + cos(pi e / K)) / 2``."""
+    if kind == "coda_cosine":
+        return 1.0 if epochs <= 1 else math.cos(99 * math.pi * epoch / (200 * (epochs - 1)))
+    if kind == "cosine":
+        return (1 + math.cos(math.pi * epoch / epochs)) / 2
+    return 1.0
 
 
 def cosine_matrix(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -116,9 +174,14 @@ def majority_indices(indices: torch.Tensor, n: int, pool_size: int) -> torch.Ten
 
 def gram_schmidt_(vectors: torch.Tensor, start: int, end: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Fill rows ``start:end`` of ``vectors`` (``M x d``) in place with unit vectors
-    orthogonal to rows ``0:start`` and to each other (classical Gram-Schmidt on random
-    normal draws); rows outside ``start:end`` are not touched. CODA-Prompt Sec. 4.2:
-    new components start orthogonal to the frozen ones."""
+    orthogonal to the span of rows ``0:start`` and to each other (Gram-Schmidt on random
+    normal draws, in float64); rows outside ``start:end`` are not touched. CODA-Prompt
+    Sec. 4.2: new components start orthogonal to the frozen ones.
+
+    The old rows have trained since their own initialisation and are no longer
+    orthonormal, so they are first turned into an orthonormal basis of their span (QR);
+    the official code (``models/zoo.py``, ``gram_schmidt``) projects on the raw old rows
+    as if they were, which leaves overlaps of about 1e-3 with them."""
     M, d = vectors.shape
     if not 0 <= start <= end <= M:
         raise ValueError(f"rows {start}:{end} are outside 0..{M}")
@@ -128,35 +191,46 @@ def gram_schmidt_(vectors: torch.Tensor, start: int, end: int, generator: torch.
             f"components (methods.codaprompt.pool_size) for this backbone"
         )
     with torch.no_grad():
-        basis = [vectors[i].double() for i in range(start)]
+        old = vectors[:start].detach().to("cpu", torch.float64)
+        if start:
+            q, r = torch.linalg.qr(old.T)  # d x start, orthonormal columns spanning the old rows
+            q = q[:, r.diagonal().abs() > 1e-10 * max(float(r.diagonal().abs().max()), 1e-300)]
+            basis = list(q.T)
+        else:
+            basis = []
         for i in range(start, end):
             for _ in range(10):
-                v = torch.randn(d, generator=generator, dtype=torch.float64).to(vectors.device)
-                for b in basis:
-                    v = v - (v @ b) / (b @ b) * b
-                # second pass: numerical re-orthogonalisation
-                for b in basis:
-                    v = v - (v @ b) / (b @ b) * b
+                v = torch.randn(d, generator=generator, dtype=torch.float64)
+                for _ in range(2):  # twice: numerical re-orthogonalisation
+                    for b in basis:
+                        v = v - (v @ b) * b
                 if v.norm() > 1e-6:
                     break
             v = v / v.norm()
             basis.append(v)
-            vectors[i] = v.to(vectors.dtype)
+            vectors[i] = v.to(vectors.device, vectors.dtype)
     return vectors
 
 
 def ortho_penalty(rows: torch.Tensor) -> torch.Tensor:
     """``mean((B B^T - I)^2)`` over the rows of ``B`` (flattened to vectors).
 
-    CODA-Prompt eq. 7 writes ``||B B^T - I||^2``; the official release averages the
-    squared entries instead of summing them, and its published weight (0.1 on CIFAR-100)
-    was tuned with the average, so we average too."""
+    CODA-Prompt eq. 7 writes ``||B B^T - I||^2``; the official code averages the squared
+    entries instead of summing them (``models/zoo.py``), so the weight means what it means
+    there (the current release runs it at 0.0, see :mod:`~retaincl.methods.codaprompt`)."""
     flat = rows.reshape(rows.shape[0], -1)
     gram = flat @ flat.T
     return ((gram - torch.eye(flat.shape[0], device=flat.device, dtype=flat.dtype)) ** 2).mean()
 
 
 # ----------------------------------------------------------------------------- the learner base
+
+
+def init_seed(seed: int) -> int:
+    """The seed of a method's parameter initialisation: derived from ``seed`` by numpy's
+    ``SeedSequence`` (a hash designed for independent streams), so the initial draws share
+    no numbers with the learner's ``torch.Generator().manual_seed(seed)`` stream."""
+    return int(np.random.SeedSequence([seed, 1]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def require_vit(backbone: Any, method: str) -> ViTBackbone:
@@ -190,8 +264,17 @@ class PromptPoolLearner(Learner):
         self.backbone.eval()
         self.dim = self.backbone.feature_dim
         self.depth = self.backbone.vit.depth
-        torch.manual_seed(ctx.seed)
+        # Parameters (head here, prompts and keys in the subclasses) are drawn from a stream
+        # independent of ``self.generator`` (batch order, Gram-Schmidt draws): both seeded
+        # with ``ctx.seed``, torch's global and a fresh Generator give the *same* numbers,
+        # which tied the head's initial weights to the first draws of the batch order and of
+        # CODA-Prompt's components (docs/prompt_pool_methods.md, parity: with the coupling
+        # CODA-Prompt was below a reference on every seed of the tiny-ViT stream).
+        torch.manual_seed(init_seed(ctx.seed))
         self.head = nn.Linear(self.dim, ctx.num_classes).to(self.device)
+        if params.head_init == "zeros":
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
         self.task_index = -1
         self.train_classes: list[int] = []
 
@@ -238,13 +321,12 @@ class PromptPoolLearner(Learner):
         p = self.params
         params = self.trainable_parameters()
         if p.optimizer == "adam":
-            opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=p.lr, betas=(0.9, 0.999), weight_decay=p.weight_decay)
+            opt: torch.optim.Optimizer = torch.optim.Adam(
+                params, lr=p.effective_lr, betas=(0.9, 0.999), weight_decay=p.weight_decay
+            )
         else:
-            opt = torch.optim.SGD(params, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
-        if p.lr_schedule == "cosine":
-            sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=p.epochs)
-        else:
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+            opt = torch.optim.SGD(params, lr=p.effective_lr, momentum=p.momentum, weight_decay=p.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: schedule_factor(p.lr_schedule, e, p.epochs))
         return opt, sched
 
     def training_loss(self, images: torch.Tensor, queries: torch.Tensor, labels: torch.Tensor, task: Task) -> torch.Tensor:
@@ -264,19 +346,18 @@ class PromptPoolLearner(Learner):
         opt, sched = self.make_optimizer()
         self.pool.train()
         self.head.train()
-        n = len(labels)
+        n, step = len(labels), 0
         for _ in self.progress(range(p.epochs), f"{self.name} task {task.index}"):
             order = torch.randperm(n, generator=self.generator)
             for lo in range(0, n, p.batch_size):
                 idx = order[lo : lo + p.batch_size]
+                if p.drop_last and len(idx) < p.batch_size:
+                    continue
                 images = self.train_images(split, idx)
                 q = cached[idx].to(self.device) if cached is not None else self.queries(images)
                 loss = self.training_loss(images, q, labels[idx].to(self.device), task)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"{self.name}: the loss became {loss.item()} in task {task.index}; lower "
-                        f"methods.{self.name}.lr (now {p.lr}) or keep grad_clip on"
-                    )
+                self.check_finite(loss, task.index, step)
+                step += 1
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if p.grad_clip > 0:
@@ -293,6 +374,9 @@ class PromptPoolLearner(Learner):
     def eval_mode(self) -> None:
         super().eval_mode()
         self.backbone.eval()
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "effective_lr": self.params.effective_lr}
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

@@ -57,6 +57,7 @@ class PromptTuneParams(SGDParams):
         "optimiser of the trainable modules and head: sgd, or adam with betas (momentum, adam_beta2)", default="sgd"
     )
     adam_beta2: float = doc("Adam's second-moment decay (DAP's official configs: 0.9)", default=0.999)
+    amsgrad: bool = doc("Adam's AMSGrad variant (DAP's official optimiser)", default=False)
     grad_clip: float = doc("clip the global gradient norm to this value; 0 = no clipping", default=0.0)
 
     def validate(self) -> None:
@@ -71,7 +72,9 @@ class PromptTuneParams(SGDParams):
 def make_optimizer(params: list[nn.Parameter], p: PromptTuneParams) -> torch.optim.Optimizer:
     """The optimiser named by ``p.optimizer`` over ``params``."""
     if p.optimizer == "adam":
-        return torch.optim.Adam(params, lr=p.lr, betas=(p.momentum, p.adam_beta2), weight_decay=p.weight_decay)
+        return torch.optim.Adam(
+            params, lr=p.lr, betas=(p.momentum, p.adam_beta2), weight_decay=p.weight_decay, amsgrad=p.amsgrad
+        )
     return torch.optim.SGD(params, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
 
 
@@ -102,17 +105,23 @@ class PromptLearner(Learner):
         params: list[nn.Parameter],
         batch_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
         desc: str,
+        task_index: int,
+        opt: torch.optim.Optimizer | None = None,
     ) -> None:
-        """Minimise ``batch_loss(images, labels, positions)`` over ``split`` for ``epochs``."""
+        """Minimise ``batch_loss(images, labels, positions)`` over ``split`` for ``epochs``
+        with ``opt`` (a fresh optimiser over ``params`` when None)."""
         p = self.params
-        opt = make_optimizer(params, p)
+        opt = make_optimizer(params, p) if opt is None else opt
         sched = make_scheduler(opt, p)
         labels = torch.as_tensor(split.targets)
         self.backbone.eval()  # frozen: no dropout / drop-path, the same function in training and test
+        step = 0
         for _ in self.progress(range(p.epochs), desc):
             for idx in minibatches(len(labels), p.batch_size, self.generator):
                 images = self.train_images(split, idx)
                 loss = batch_loss(images, labels[idx].to(self.device), idx)
+                self.check_finite(loss, task_index, step)
+                step += 1
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if p.grad_clip > 0:
@@ -123,13 +132,13 @@ class PromptLearner(Learner):
 
 @dataclass
 class VPTParams(PromptTuneParams):
-    prompt_length: int = doc("prompt tokens per prompted layer", default=10)
+    prompt_length: int = doc("prompt tokens per prompted layer; 0 = no prompts (the ablation: a linear probe)", default=10)
     deep: bool = doc("deep VPT (new prompts at every layer) instead of shallow (layer 0 only)", default=True)
 
     def validate(self) -> None:
         super().validate()
-        if self.prompt_length < 1:
-            raise ConfigError(f"prompt_length must be >= 1, got {self.prompt_length}")
+        if self.prompt_length < 0:
+            raise ConfigError(f"prompt_length must be >= 0 (0 = no prompts), got {self.prompt_length}")
 
 
 @register_method("vpt")
@@ -143,7 +152,8 @@ class VPT(PromptLearner):
         super().__init__(params, ctx)
         torch.manual_seed(ctx.seed)
         vit = self.backbone.vit
-        vit.add_vpt(length=params.prompt_length, deep=params.deep)
+        if params.prompt_length:
+            vit.add_vpt(length=params.prompt_length, deep=params.deep)
         vit.freeze_backbone()
         #: the attached PETL modules: the prompts (checkpointed; the ViT itself is not).
         self.prompts = vit.petl
@@ -154,11 +164,12 @@ class VPT(PromptLearner):
             return F.cross_entropy(self.logits_from_images(images), labels)
 
         params = list(self.prompts.parameters()) + list(self.head.parameters())
-        self.train_split(task.train, params, loss, f"vpt task {task.index}")
+        self.train_split(task.train, params, loss, f"vpt task {task.index}", task.index)
 
     def logits_from_images(self, images: torch.Tensor) -> torch.Tensor:
         """Eq. 7: the head on the [CLS] output of the prompted ViT, classes seen so far."""
         return self.head(self.backbone(images))[:, : self.seen_classes]
 
     def describe(self) -> dict:
-        return {**super().describe(), "prompt_layers": list(self.backbone.vit.specs["vpt"]["layers"])}
+        spec = self.backbone.vit.specs.get("vpt")
+        return {**super().describe(), "prompt_layers": list(spec["layers"]) if spec else []}
