@@ -104,3 +104,16 @@ def test_every_pet_kind_trains_and_predicts_each_sample_on_its_own():
         single = torch.cat([learner.logits_from_images(x[i : i + 1]) for i in range(len(x))])
         torch.testing.assert_close(batch, single, atol=1e-5, rtol=1e-5)
         assert batch.shape == (6, 4)
+
+
+def test_the_mixture_configs_are_valid():
+    from pathlib import Path
+
+    from retaincl.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    names = [f"{m}_{b}.yaml" for m in ("esn", "lae", "cofima", "coma", "ease")
+             for b in ("cifar100_b0inc10", "imagenetr_b0inc20")] + ["mixtures_mnist5k_tiny.yaml"]
+    for name in names:
+        cfg = load_config(root / name)
+        assert set(cfg.method_names) <= {"esn", "lae", "cofima", "coma", "ease"}, name
