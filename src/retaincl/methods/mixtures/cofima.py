@@ -80,7 +80,7 @@ def merge_weights(
 
 @dataclass
 class CoMAParams(SLCAParams):
-    merge_alpha: float = doc("alpha: weight of the model just trained in the average (wt_alpha)", default=0.4)
+    merge_alpha: float = doc("alpha: weight of the model just trained in the average (wt_alpha)", default=0.4, ge=0, le=1)
 
     def validate(self) -> None:
         super().validate()
@@ -91,7 +91,7 @@ class CoMAParams(SLCAParams):
 @dataclass
 class CoFiMAParams(CoMAParams):
     fisher_weighting: bool = doc("weight each parameter by its Fisher (CoFiMA); false = CoMA", default=True)
-    fisher_max: float = doc("Fisher entries are clamped at this value (fishermax)", default=0.0001)
+    fisher_max: float = doc("Fisher entries are clamped at this value (fishermax)", default=0.0001, gt=0)
 
     def validate(self) -> None:
         super().validate()

@@ -59,13 +59,13 @@ class EASEParams:
     epochs: int = doc("passes over each task's data (init_epochs = later_epochs)", default=20)
     batch_size: int = doc("training batch size", default=48)
     lr: float = doc("SGD learning rate (init_lr = later_lr)", default=0.025)
-    momentum: float = doc("SGD momentum", default=0.9)
+    momentum: float = doc("SGD momentum", default=0.9, ge=0, le=1)
     weight_decay: float = doc("SGD weight decay", default=0.0005)
-    min_lr: float = doc("end of the cosine annealing of the learning rate", default=0.0)
-    adapter_bottleneck: int = doc("adapter bottleneck width (ffn_num)", default=64)
+    min_lr: float = doc("end of the cosine annealing of the learning rate", default=0.0, ge=0)
+    adapter_bottleneck: int = doc("adapter bottleneck width (ffn_num)", default=64, ge=1)
     adapter_scale: float = doc("adapter output scale (ffn_adapter_scalar)", default=0.1)
-    adapter_dropout: float = doc("dropout inside each adapter while training", default=0.1)
-    alpha: float = doc("weight of the other subspaces' cosines in the ensemble (divided by T - 1)", default=0.1)
+    adapter_dropout: float = doc("dropout inside each adapter while training", default=0.1, ge=0, lt=1)
+    alpha: float = doc("weight of the other subspaces' cosines in the ensemble (divided by T - 1)", default=0.1, ge=0)
     synthesize_prototypes: bool = doc(
         "complement old classes' prototypes in new subspaces from class similarity; false leaves them 0",
         default=True,

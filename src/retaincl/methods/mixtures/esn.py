@@ -79,27 +79,27 @@ class ESNParams:
     epochs: int = doc("passes over each task's data (max_epochs; 30 for Split-CIFAR-100)", default=30)
     batch_size: int = doc("training batch size", default=128)
     lr: float = doc("SGD learning rate (cosine-annealed to 0 over the epochs)", default=0.01)
-    momentum: float = doc("SGD momentum", default=0.9)
+    momentum: float = doc("SGD momentum", default=0.9, ge=0, le=1)
     weight_decay: float = doc("SGD weight decay", default=0.0005)
-    prompt_length: int = doc("shared prompt tokens inserted after [CLS] (0 = no prompts)", default=100)
+    prompt_length: int = doc("shared prompt tokens inserted after [CLS] (0 = no prompts)", default=100, ge=0)
     train_prompts: Literal["first_task", "every_task"] = doc(
         "train the shared prompts on the first task only (the paper's isolation), or in every task "
         "(what the official code ends up doing)", default="first_task",
     )
-    align_weight: float = doc("lambda: weight of the anchor energy alignment (0 = off)", default=0.1)
-    anchor_energy: float = doc("E_anchor: the energy every candidate is held at", default=-10.0)
-    energy_beta: float = doc("beta of the aligned energy", default=1.0)
+    align_weight: float = doc("lambda: weight of the anchor energy alignment (0 = off)", default=0.1, ge=0)
+    anchor_energy: float = doc("E_anchor: the energy every candidate is held at", default=-10.0, any_sign=True)
+    energy_beta: float = doc("beta of the aligned energy", default=1.0, gt=0)
     aligned_form: Literal["softmin", "free_energy"] = doc(
         "energy the alignment holds at the anchor: softmin = -(1/beta) logsumexp(-beta z) (the official "
         "code), free_energy = -(1/beta) logsumexp(beta z) (the energy inference ranks)", default="softmin",
     )
     temperatures: list[float] = doc(
         "candidate temperatures for the per-task choice (the official 'fast mode' list)",
-        default_factory=lambda: list(OFFICIAL_TEMPERATURES),
+        default_factory=lambda: list(OFFICIAL_TEMPERATURES), gt=0,
     )
-    first_temperature: float = doc("temperature of the first task (no earlier candidate to separate from)", default=0.001)
+    first_temperature: float = doc("temperature of the first task (no earlier candidate to separate from)", default=0.001, gt=0)
     voting: bool = doc("majority vote over the chosen temperatures; false = the latest chosen only", default=True)
-    mlp_ratio: float = doc("MLP ratio of each candidate's task-attention block", default=0.5)
+    mlp_ratio: float = doc("MLP ratio of each candidate's task-attention block", default=0.5, gt=0)
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:

@@ -65,16 +65,18 @@ from retaincl.registry import register_method
 @dataclass
 class LAEParams:
     pet: Literal["adapter", "lora", "prefix"] = doc("the PET module (one kind, attached to `layers`)", default="adapter")
-    layers: list[int] = doc("ViT blocks that carry the PET module (adapt_blocks)", default_factory=lambda: [0, 1, 2, 3, 4])
-    adapter_bottleneck: int = doc("adapter bottleneck width (down_sample)", default=5)
-    lora_rank: int = doc("LoRA rank", default=5)
-    prefix_length: int = doc("prefix tokens per layer", default=10)
+    layers: list[int] = doc("ViT blocks that carry the PET module (adapt_blocks)", default_factory=lambda: [0, 1, 2, 3, 4], ge=0)
+    adapter_bottleneck: int = doc("adapter bottleneck width (down_sample)", default=5, ge=1)
+    lora_rank: int = doc("LoRA rank", default=5, ge=1)
+    prefix_length: int = doc("prefix tokens per layer", default=10, ge=1)
     epochs: int = doc("passes over each task's data (num_epochs)", default=5)
     batch_size: int = doc("training batch size (incomplete last batches dropped)", default=24)
     lr: float = doc("Adam learning rate, constant (0.03 x batch/256 on CIFAR-100)", default=0.0028125)
     weight_decay: float = doc("Adam weight decay", default=0.0)
-    ema_decay: float = doc("a in theta_off <- a theta_off + (1 - a) theta_on, after every step", default=0.9999)
-    freeze_epochs: int = doc("calibrated speed: epochs of each later task with the PET module frozen", default=3)
+    ema_decay: float = doc("a in theta_off <- a theta_off + (1 - a) theta_on, after every step", default=0.9999, ge=0, le=1)
+    freeze_epochs: int = doc(
+        "calibrated speed: epochs of each later task with the PET module frozen (>= epochs: all of them)", default=3, ge=0
+    )
     ensemble: bool = doc("predict with max(online softmax, offline softmax); false = online only", default=True)
 
     def validate(self) -> None:
@@ -82,8 +84,6 @@ class LAEParams:
             raise ConfigError(f"methods.lae.epochs ({self.epochs}) and batch_size ({self.batch_size}) must be >= 1")
         if not 0.0 <= self.ema_decay <= 1.0:
             raise ConfigError(f"methods.lae.ema_decay must be in [0, 1], got {self.ema_decay}")
-        if self.freeze_epochs < 0:
-            raise ConfigError(f"methods.lae.freeze_epochs must be >= 0, got {self.freeze_epochs}")
         if min(self.adapter_bottleneck, self.lora_rank, self.prefix_length) < 1:
             raise ConfigError("methods.lae.adapter_bottleneck, lora_rank and prefix_length must be >= 1")
 
