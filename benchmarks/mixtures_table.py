@@ -14,6 +14,8 @@ fit seconds, each as mean ± sample standard deviation over seeds.
 
     python benchmarks/mixtures_table.py                          # everything, seeds 1993 1994 1995
     python benchmarks/mixtures_table.py --groups mixtures --seeds 1993   # one group, one seed
+    python benchmarks/mixtures_table.py --methods lae ease --seeds 1994  # these rows, in this order
+    python benchmarks/mixtures_table.py --collect   # the table of what has finished, running nothing
 
 Results files go under ``--output`` (one folder per seed and group, ``results.json`` per
 method); a run that finds its results file reuses it (``--fresh`` recomputes), so an
@@ -58,14 +60,22 @@ def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
     return f"{statistics.mean(vals):.{digits}f} ± {sd:.{digits}f}"
 
 
+def find_existing(config: str, method: str, seed: int, name: str, output: str, sets: list[str]) -> dict | None:
+    """The finished results of this run under ``output`` when its method settings match, else None."""
+    cfg = load_config(ROOT / config, [f"method={method}", f"seed={seed}", *sets])
+    path = Path(output) / name / method / "results.json"
+    if not path.is_file():
+        return None
+    res = json.loads(path.read_text())
+    return res if res.get("config", {}).get("methods") == json.loads(json.dumps(cfg.methods)) else None
+
+
 def run_one(config: str, method: str, seed: int, name: str, output: str, sets: list[str], fresh: bool) -> dict:
     cfg = load_config(ROOT / config, [f"method={method}", f"seed={seed}", "quiet=true", "threads=1",
                                       f"output_dir={output}", f"name={name}", *sets])
-    path = Path(output) / name / method / "results.json"
-    if path.is_file() and not fresh:
-        res = json.loads(path.read_text())
-        if res.get("config", {}).get("methods") == json.loads(json.dumps(cfg.methods)):
-            return res
+    res = None if fresh else find_existing(config, method, seed, name, output, sets)
+    if res is not None:
+        return res
     return run_method(Session.create(cfg), method, resume=not fresh, progress=False)
 
 
@@ -75,15 +85,27 @@ def row_of(res: dict) -> dict:
             "fit": res["timings"]["fit_seconds"]}
 
 
-def run_table(groups: list[str], variants: list[str], seeds: list[int], output: str, fresh: bool) -> dict[str, list[dict]]:
+def run_table(groups: list[str], variants: list[str], seeds: list[int], output: str, fresh: bool,
+              methods: list[str] | None = None, collect: bool = False) -> dict[str, list[dict]]:
     jobs = [(m, GROUPS[g][0], m, g, []) for g in groups for m in GROUPS[g][1]]
     jobs += [(label, GROUPS[g][0], m, f"{g}-variant{i}", sets) for i, (label, (g, m, sets)) in enumerate(VARIANTS.items())
              if label in variants]
+    if methods:  # a subset, in the order given
+        unknown = [m for m in methods if m not in {j[0] for j in jobs}]
+        if unknown:
+            raise SystemExit(f"--methods: {unknown} not among the selected groups' methods and variants {[j[0] for j in jobs]}")
+        jobs = [j for m in methods for j in jobs if j[0] == m]
     table: dict[str, list[dict]] = {}
     for seed in seeds:
         for label, config, method, tag, sets in jobs:
             t0 = time.perf_counter()
-            res = run_one(config, method, seed, f"{tag}-seed{seed}", output, sets, fresh)
+            if collect:
+                res = find_existing(config, method, seed, f"{tag}-seed{seed}", output, sets)
+                if res is None:
+                    print(f"[seed {seed}] {label}: no finished results, left out", file=sys.stderr)
+                    continue
+            else:
+                res = run_one(config, method, seed, f"{tag}-seed{seed}", output, sets, fresh)
             row = row_of(res)
             table.setdefault(label, []).append(row)
             print(f"[seed {seed}] {label:32s} avg {row['avg']:.3f} last {row['last']:.3f} forgetting "
@@ -93,10 +115,10 @@ def run_table(groups: list[str], variants: list[str], seeds: list[int], output: 
 
 
 def markdown(table: dict[str, list[dict]], seeds: list[int]) -> str:
-    out = [f"mnist5k B2-Inc2, vit_tiny_retain 32 px, {len(seeds)} seeds ({', '.join(map(str, seeds))}); mean ± std", "",
-           "| method | avg inc (%) | last (%) | forgetting (pts) | fit s |", "|---|---|---|---|---|"]
+    out = [f"mnist5k B2-Inc2, vit_tiny_retain 32 px, seeds {', '.join(map(str, seeds))}; mean ± std over the seeds run", "",
+           "| method | seeds | avg inc (%) | last (%) | forgetting (pts) | fit s |", "|---|---|---|---|---|---|"]
     for label, runs in table.items():
-        out.append(f"| {label} | {mean_std([r['avg'] for r in runs], 100)} | {mean_std([r['last'] for r in runs], 100)} "
+        out.append(f"| {label} | {len(runs)} | {mean_std([r['avg'] for r in runs], 100)} | {mean_std([r['last'] for r in runs], 100)} "
                    f"| {mean_std([r['forgetting'] for r in runs], 100)} | {mean_std([r['fit'] for r in runs], 1.0, 0)} |")
     return "\n".join(out)
 
@@ -109,10 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="runs/mixtures_table")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--fresh", action="store_true", help="recompute runs whose results file exists")
+    parser.add_argument("--methods", nargs="+", help="only these rows (method names or variant labels), in this order")
+    parser.add_argument("--collect", action="store_true",
+                        help="run nothing: the table of the finished results under --output (rows count their seeds)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    table = run_table(args.groups, args.variants, args.seeds, args.output, args.fresh)
+    table = run_table(args.groups, args.variants, args.seeds, args.output, args.fresh, args.methods, args.collect)
     print("avg inc = mean over tasks of A_t, last = A_T (sample-weighted accuracy on the test data of the tasks seen); "
           "forgetting (Chaudhry et al. 2018) in points; fit s = training seconds on a shared 2-core machine "
           f"(threads = {args.threads}).")
