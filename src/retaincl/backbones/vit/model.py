@@ -7,7 +7,7 @@ them onto timm's submodules:
 ==========  =========================================  =================================
 module      attach                                     where it acts
 ==========  =========================================  =================================
-adapter     ``add_adapter(bottleneck, scale, ...)``    parallel to each chosen block's MLP
+adapter     ``add_adapter(bottleneck, scale, ...)``    beside a block's MLP or attention
 lora        ``add_lora(rank, alpha, targets, ...)``    added to ``attn.qkv`` / ``attn.proj``
 ssf         ``add_ssf(targets)``                       after each matched operation
 vpt         ``add_vpt(length, deep, ...)``             extra tokens after [CLS]
@@ -71,7 +71,7 @@ PromptGenerator = Callable[[int, torch.Tensor], torch.Tensor | None]
 
 @dataclass
 class Tokens:
-    """Output tokens after the final norm: ``[CLS, (registers), prompts, patches]``."""
+    """Output tokens after the final norm (unless asked without): ``[CLS, (registers), prompts, patches]``."""
 
     all: torch.Tensor
     num_prefix: int  # [CLS] + register tokens
@@ -130,10 +130,12 @@ class PETLViT(nn.Module):
     def add_adapter(
         self,
         bottleneck: int = 64,
-        scale: float = 0.1,
+        scale: float | None = 0.1,
         layers: Iterable[int] | None = None,
         input: str = "residual",
         dropout: float = 0.0,
+        position: str = "mlp",
+        activation: str = "relu",
     ) -> nn.ModuleDict:
         """AdaptFormer adapters parallel to the MLP of each chosen block (all by default).
 
@@ -141,17 +143,33 @@ class PETLViT(nn.Module):
         stream after attention. ``input="residual"`` feeds ``a = h``, as the official
         AdaptFormer code (``ffn_adapter_layernorm_option='none'``) and APER/RanPAC do;
         ``input="normed"`` feeds ``a = LN(h)``, the MLP's input, as eq. 2 of the paper.
+
+        ``position="attn"`` puts the adapter parallel to the attention sublayer instead:
+        ``x + Attn(LN1(x)) + s * up(act(down(a)))`` with ``a = LN1(x)`` (``normed``) or ``x``
+        (``residual``), as LAE's adapter (gqk/LAE, ``Block.adapt_module("attn", ...)``).
+        ``scale=None`` (a learnable scalar) and ``activation="gelu"`` are LAE's too.
         """
         if input not in ("residual", "normed"):
             raise ValueError(f"adapter input must be 'residual' or 'normed', got {input!r}")
+        if position not in ("mlp", "attn"):
+            raise ValueError(f"adapter position must be 'mlp' or 'attn', got {position!r}")
         chosen = self._layers(layers)
-        self._claim("adapter", {"bottleneck": bottleneck, "scale": scale, "layers": list(chosen), "input": input, "dropout": dropout})
-        mods = nn.ModuleDict({str(i): Adapter(self.dim, bottleneck, scale, dropout) for i in chosen})
+        spec = {"bottleneck": bottleneck, "scale": scale, "layers": list(chosen), "input": input, "dropout": dropout}
+        if position != "mlp" or activation != "relu":
+            spec |= {"position": position, "activation": activation}
+        self._claim("adapter", spec)
+        mods = nn.ModuleDict({str(i): Adapter(self.dim, bottleneck, scale, dropout, activation) for i in chosen})
         self.petl["adapter"] = mods
         for i in chosen:
             blk = self.net.blocks[i]
-            blk.norm2.register_forward_pre_hook(functools.partial(self._adapter_stash, layer=i))
-            blk.mlp.register_forward_hook(functools.partial(self._adapter_hook, layer=i))
+            if position == "attn":
+                # stash the attention input from norm1, add the adapter to attn.proj's output
+                # (before proj_drop / ls1 / drop_path): also reached when a prefix runs the block
+                blk.norm1.register_forward_hook(functools.partial(self._adapter_stash_attn, layer=i))
+                blk.attn.proj.register_forward_hook(functools.partial(self._adapter_hook_attn, layer=i))
+            else:
+                blk.norm2.register_forward_pre_hook(functools.partial(self._adapter_stash, layer=i))
+                blk.mlp.register_forward_hook(functools.partial(self._adapter_hook, layer=i))
         return mods
 
     def add_lora(
@@ -236,6 +254,20 @@ class PETLViT(nn.Module):
             raise RuntimeError(f"adapter of layer {layer}: norm2 did not run before the MLP")
         return output + self.petl["adapter"][str(layer)](a)
 
+    def _adapter_stash_attn(
+        self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor, layer: int
+    ) -> None:
+        if self._modules_on:
+            self._stash[-1 - layer] = output if self.specs["adapter"]["input"] == "normed" else inputs[0]
+
+    def _adapter_hook_attn(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor, layer: int) -> torch.Tensor:
+        if not self._modules_on:
+            return output
+        a = self._stash.pop(-1 - layer, None)
+        if a is None:
+            raise RuntimeError(f"adapter of layer {layer}: norm1 did not run before the attention projection")
+        return output + self.petl["adapter"][str(layer)](a)
+
     def _lora_hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor, key: str) -> torch.Tensor:
         if not self._modules_on:
             return output
@@ -255,8 +287,12 @@ class PETLViT(nn.Module):
         prompts: Prompts | None = None,
         prefixes: Prefixes | None = None,
         prompt_fn: PromptGenerator | None = None,
+        final_norm: bool = True,
     ) -> Tokens:
         """All output tokens for preprocessed images ``x`` (``B x 3 x H x W``).
+
+        ``final_norm=False`` returns the last block's output before the final LayerNorm
+        (what ESN's task-attention blocks read: the official ``returnbeforepool``).
 
         ``modules=False`` runs the pre-trained ViT: no attached module acts, and the
         ``prompts``/``prefixes`` arguments must be None. Prompts (``{layer: [B,] P x D}``
@@ -287,7 +323,7 @@ class PETLViT(nn.Module):
                 elif i in prompt_map:
                     h, num_prompts = self._put_prompts(h, prompt_map[i], num_prompts, i)
                 h = prefix_block(blk, h, *prefix_map[i]) if i in prefix_map else blk(h)
-            h = net.norm(h)
+            h = net.norm(h) if final_norm else h
         finally:
             self._modules_on = was_on
             self._stash.clear()

@@ -36,13 +36,21 @@ class Adapter(nn.Module):
     copies build it with 0.1 (AdaptFormer; APER's convs/vision_transformer_adapter.py,
     ``Adapter(..., dropout=0.1, ...)``, which RanPAC and PILOT copy); the module's
     default stays 0 and the methods that use it pass 0.1 (``methods.*.adapter_dropout``).
+
+    ``scale=None`` makes ``s`` a learnable scalar starting at 1 and ``activation="gelu"``
+    replaces ReLU: LAE's adapter (gqk/LAE ``libml/model/pet/adapter.py``, ``Scaler(None)``).
     """
 
-    def __init__(self, dim: int, bottleneck: int = 64, scale: float = 0.1, dropout: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, bottleneck: int = 64, scale: float | None = 0.1, dropout: float = 0.0, activation: str = "relu"
+    ) -> None:
         super().__init__()
         if bottleneck < 1:
             raise ValueError(f"adapter bottleneck must be >= 1, got {bottleneck}")
-        self.scale = float(scale)
+        if activation not in ("relu", "gelu"):
+            raise ValueError(f"adapter activation must be 'relu' or 'gelu', got {activation!r}")
+        self.scale: float | nn.Parameter = nn.Parameter(torch.ones(())) if scale is None else float(scale)
+        self.act = F.gelu if activation == "gelu" else F.relu
         self.down = nn.Linear(dim, bottleneck)
         self.up = nn.Linear(bottleneck, dim)
         self.dropout = nn.Dropout(dropout)
@@ -51,7 +59,7 @@ class Adapter(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * self.up(self.dropout(F.relu(self.down(x))))
+        return self.scale * self.up(self.dropout(self.act(self.down(x))))
 
 
 class LoRA(nn.Module):
