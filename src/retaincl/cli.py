@@ -164,13 +164,14 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from retaincl.backbones.base import BackboneError
     from retaincl.data.sources import DataSourceError
     from retaincl.engine.checkpoint import CheckpointError
+    from retaincl.engine.loggers import LoggerError
     from retaincl.engine.runner import RunError
     from retaincl.evaluation.report import ReportError
     from retaincl.methods.base import DivergenceError
 
     return (
         ConfigError, KeyError, FileNotFoundError, BackboneError, DataSourceError, RunError,
-        CheckpointError, ReportError, DivergenceError, FloatingPointError,  # a diverged run, however raised
+        CheckpointError, ReportError, DivergenceError, LoggerError, FloatingPointError,  # a diverged run, however raised
     )
 
 

@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 class RunError(RuntimeError):
     """A run cannot start as configured; the message says why and what to change."""
 
-#: Config keys that do not change the numbers: left out of the config hash.
-UNHASHED_KEYS = ("quiet", "method", "cache", "output_dir", "eval", "threads")
+#: Config keys that do not change the numbers: left out of the config hash. (``seeds``
+#: names a sweep, each of whose runs has its own ``seed``; ``log`` only adds trackers.)
+UNHASHED_KEYS = ("quiet", "method", "cache", "output_dir", "eval", "threads", "seeds", "log")
 
 
 def hashed_config(cfg: ExperimentConfig, method: str) -> dict[str, Any]:

@@ -1,10 +1,12 @@
-"""The runner: one loop for every method (DESIGN.md, "The flow of one run").
+"""The runner: one loop for every method (docs/design.md, "The flow of one run").
 
 For each task: ``begin_task``, ``fit``, ``end_task``; then evaluate on the test data of
 every task seen so far (every task, and once before training, where the label space is
 fixed) to fill one row of the accuracy matrix; then write a checkpoint atomically, so
 that a crashed run resumes at the next task. At the end: metrics, timings and the
-resolved config go into one results JSON.
+resolved config go into one results JSON. Meanwhile the run's logs (``metrics.jsonl``,
+``metrics.csv``, ``run.log``, the configured trackers: :mod:`retaincl.engine.loggers`)
+grow task by task beside it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from retaincl.engine.environment import (
     set_rng_state,
 )
 from retaincl.engine.files import atomic_write_json, remove_stale_temp_files
+from retaincl.engine.loggers import closes_run_logs, open_run_log, task_event
 from retaincl.engine.run_folder import RunError, config_hash, hashed_config, open_run_folder
 from retaincl.evaluation.metrics import summarize
 from retaincl.methods.base import DivergenceError, Learner, LearnerContext
@@ -200,6 +203,7 @@ def build_learner(session: Session, method: str) -> Learner:
     return cls(params, ctx)
 
 
+@closes_run_logs  # the run's logs are closed however it ends, an error written to run.log
 def run_method(
     session: Session, method: str, resume: bool = True, progress: bool = True, overwrite: bool = False
 ) -> dict[str, Any]:
@@ -242,6 +246,11 @@ def run_method(
         learner.restore_tasks(stream.tasks[:start_task])
         set_rng_state(ckpt["rng"])
         log.info("resuming %s at task %d", method, start_task)
+    runlog = open_run_log(
+        out_dir, run_name=session.run_name(), method=method, config=to_dict(cfg) | {"method": method},
+        start_task=start_task, quiet=cfg.quiet,
+    )
+    learner.ctx.log = runlog.scalar  # Learner.log -> metrics.jsonl and the trackers
 
     def timed(phase: str, fn, *args) -> Any:
         ex0 = stats.extraction_seconds
@@ -283,6 +292,7 @@ def run_method(
         })
         acc_now = correct[i, : i + 1].sum() / max(sum(len(t.test) for t in stream.tasks[: i + 1]), 1)
         bar.set_postfix(acc=f"{acc_now:.3f}")
+        runlog.task_done(task_event(i, R[i], correct[i], [len(t.test) for t in stream.tasks], per_task[-1]))
         save_checkpoint(ckpt_path, {
             "config_hash": chash,
             "hashed_config": hashed,
@@ -338,6 +348,8 @@ def run_method(
         "resumed_from_task": resumed_from,
         "environment": environment(session.device),
         "results_path": str(results_path),
+        "logs": {"metrics_jsonl": str(out_dir / "metrics.jsonl"), "metrics_csv": str(out_dir / "metrics.csv"), "run_log": str(out_dir / "run.log")},
     }
     atomic_write_json(results_path, results)
+    runlog.finish(results)
     return results

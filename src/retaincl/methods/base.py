@@ -20,7 +20,7 @@ restored by the base, so most methods only list them.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -56,6 +56,8 @@ class LearnerContext:
     scenario: str
     quiet: bool = False
     eval_batch_size: int = 256
+    #: where :meth:`Learner.log` sends scalars (the runner's metric logs); None = nowhere
+    log: Callable[[str, float], None] | None = None
 
 
 class Learner:
@@ -167,6 +169,16 @@ class Learner:
                 f"{task_index} at step {step}; the run diverged. Lower methods.{self.name}.lr (or the "
                 f"method's loss weights) and run again"
             )
+        if loss.numel() == 1:
+            self.log("loss", loss)
+
+    def log(self, key: str, value: float | torch.Tensor) -> None:
+        """Report a scalar of the current step (a loss term, a learning rate, ...): the
+        runner writes it to the run's ``metrics.jsonl`` / ``metrics.csv`` and to the
+        configured trackers (``log.tensorboard``, ``log.wandb``). :meth:`check_finite`
+        reports each training loss it checks as ``loss``. Nothing happens outside a run."""
+        if self.ctx.log is not None:
+            self.ctx.log(key, float(value.detach() if isinstance(value, torch.Tensor) else value))
 
     def nonfinite_state(self) -> list[str]:
         """Names of the learned-state tensors (``state_attrs``, modules' parameters and
