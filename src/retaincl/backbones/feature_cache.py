@@ -173,7 +173,7 @@ class FeatureStore:
         bar = tqdm(
             range(0, n, self.batch_size),
             desc=f"features {images.name}/{images.split} {shift.key}",
-            disable=self.quiet,
+            disable=self.quiet or None,  # None: off when stderr is not a terminal (no escape codes in logs)
             leave=False,
         )
         for lo in bar:

@@ -265,7 +265,8 @@ def run_method(
     def evaluate_row(upto: int) -> list[tuple[int, int]]:
         return [evaluate_task(learner, stream.tasks[j], stream) for j in range(upto)]
 
-    bar = tqdm(range(start_task, T), desc=method, disable=cfg.quiet or not progress, initial=start_task, total=T)
+    # disable=None: tqdm turns itself off when stderr is not a terminal (no escape codes in a log file)
+    bar = tqdm(range(start_task, T), desc=method, disable=(cfg.quiet or not progress) or None, initial=start_task, total=T)
     for i in bar:
         task = stream.tasks[i]
         (_, t_begin, x_begin) = timed("fit", learner.begin_task, task)

@@ -207,7 +207,7 @@ class Learner:
         return bad
 
     def progress(self, iterable: Iterable, desc: str, total: int | None = None) -> Iterable:
-        return tqdm(iterable, desc=desc, total=total, disable=self.ctx.quiet, leave=False)
+        return tqdm(iterable, desc=desc, total=total, disable=self.ctx.quiet or None, leave=False)
 
     def numpy_rng(self, salt: int = 0) -> np.random.Generator:
         """A generator seeded from the run seed, the task count and ``salt``."""
