@@ -31,7 +31,7 @@ def default_config_path() -> Path:
     return Path(str(resources.files("retaincl") / "configs" / DEFAULT_CONFIG))
 
 
-def load_plugins(modules: list[str] | None) -> None:
+def load_plugins(modules: list[str] | None, optional_sources: bool = True) -> None:
     """Import ``--import`` modules (their ``@register_method`` classes become methods) and
     the data sources of optional parts (``cifar10``, registered by the anomaly package).
     A module that cannot be imported is a user error naming it."""
@@ -49,7 +49,8 @@ def load_plugins(modules: list[str] | None) -> None:
             importlib.import_module(target)
         except ImportError as err:
             raise ConfigError(f"--import {name}: cannot import it ({err}); check the name and PYTHONPATH") from err
-    import retaincl.anomaly.sources  # noqa: F401  (registers cifar10, as before the lazy parser)
+    if optional_sources:  # the commands that look names up (not compare/report: no torch there)
+        import retaincl.anomaly.sources  # noqa: F401  (registers cifar10, as before the lazy parser)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -335,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         args = parser.parse_args([*argv, "run"])
     try:
-        load_plugins(args.imports)
+        load_plugins(args.imports, optional_sources=args.command in ("run", "list", "config"))
         return args.func(args)
     except BrokenPipeError:  # `retaincl config | head`
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep Python quiet at exit

@@ -424,7 +424,7 @@ def to_latex(comparison: Comparison, columns_spec: str | Sequence[str] | None = 
     for g in comparison.groups:
         cols = g.columns(columns_spec)
         seeds = ", ".join(map(str, g.seeds))
-        units = {"%": r" (\%)", "pts": "", "s": " (s)", "MiB": "", "MB": ""}
+        units = {"%": r" (\%)"}  # the other titles name their unit
         out += [
             r"\begin{table}[t]",
             r"\centering",
