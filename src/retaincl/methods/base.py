@@ -10,7 +10,7 @@ A method is one class registered by name, with its hyperparameters as a ``Params
 dataclass (validated from ``methods.<name>`` in the config) and what it supports as
 class attributes that the runner checks before a run starts.
 
-Rules every learner keeps (DESIGN.md): it never reads test labels; it never sees a
+Rules every learner keeps (docs/design.md): it never reads test labels; it never sees a
 task id unless the scenario gives one (``needs_task_id``); it predicts each test sample
 on its own. Its learned state is exactly what :meth:`state_dict` returns; the
 attributes named in ``state_attrs`` (tensors, modules, plain data) are saved and
