@@ -119,7 +119,21 @@ PLUGIN = '''
 '''
 
 
-def test_import_option_registers_a_method_from_a_file(tmp_path, shared_cache, capsys):
+@pytest.fixture
+def restored_registry(monkeypatch):
+    """The method registry, sys.path and sys.modules as they were, after the test."""
+    from retaincl.registry import METHODS
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(METHODS, "_items", dict(METHODS._items))
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        if name in ("my_methods", "ep_methods"):
+            del sys.modules[name]
+
+
+def test_import_option_registers_a_method_from_a_file(tmp_path, shared_cache, capsys, restored_registry):
     plugin = tmp_path / "my_methods.py"
     plugin.write_text(textwrap.dedent(PLUGIN.format(name="nearest_mean_file")))
     args = ["--import", str(plugin), "run", "--quiet", *digits_args(tmp_path, shared_cache, "--set", "method=nearest_mean_file")]
@@ -134,7 +148,7 @@ def test_import_option_registers_a_method_from_a_file(tmp_path, shared_cache, ca
     assert "no_such_module_xyz" in capsys.readouterr().err
 
 
-def test_entry_point_registers_a_method(tmp_path, monkeypatch):
+def test_entry_point_registers_a_method(tmp_path, monkeypatch, restored_registry):
     """An installed distribution's ``retaincl.methods`` entry point (metadata written by hand)."""
     from retaincl.registry import METHODS, load_entry_points
 
@@ -144,10 +158,6 @@ def test_entry_point_registers_a_method(tmp_path, monkeypatch):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-methods\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[retaincl.methods]\nnearest_mean_ep = ep_methods\nbroken = ep_missing_module\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    try:
-        names = load_entry_points()
-        assert "nearest_mean_ep" in names and "broken" not in names  # a broken one is a warning, not a stop
-        assert METHODS.get("nearest_mean_ep").__name__ == "NearestMean"
-    finally:
-        METHODS._items.pop("nearest_mean_ep", None)
-        sys.modules.pop("ep_methods", None)
+    names = load_entry_points()
+    assert "nearest_mean_ep" in names and "broken" not in names  # a broken one is a warning, not a stop
+    assert METHODS.get("nearest_mean_ep").__name__ == "NearestMean"
