@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,13 @@ def read_finished_results(path: Path) -> dict[str, Any] | None:
         return None
     try:
         res = json.loads(path.read_text())
+        if isinstance(res, dict) and isinstance(res.get("accuracy_matrix"), list):
+            # the file holds null where an accuracy was not measured (JSON has no NaN);
+            # returned as NaN, as a run that has just finished returns it
+            res["accuracy_matrix"] = [
+                [math.nan if v is None else v for v in row] if isinstance(row, list) else row
+                for row in res["accuracy_matrix"]
+            ]
         return res if isinstance(res, dict) else None
     except (OSError, ValueError) as err:
         log.warning("%s cannot be read (%s); it will be written again", path, err)
