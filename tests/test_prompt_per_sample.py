@@ -1,4 +1,4 @@
-"""Per-sample inference of the prompt methods (DESIGN.md): shuffling the test set, or
+"""Per-sample inference of the prompt methods (docs/design.md): shuffling the test set, or
 evaluating with batch size 1 instead of 64, leaves every sample's logits and prediction
 unchanged when no batch-level flag is on.
 

@@ -76,6 +76,7 @@ NAME_BOUNDS: dict[str, dict[str, float]] = {
     "ridge": {"gt": 0},
     "temperature": {"gt": 0},
     "seed": SEED_BOUNDS,
+    "seeds": SEED_BOUNDS,
 }
 NON_NEGATIVE = {"ge": 0}
 
@@ -235,6 +236,34 @@ class EvalConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases (``pip install "retaincl[wandb]"``); on when ``log.wandb`` is a mapping."""
+
+    project: str = doc("W&B project", default="retaincl")
+    entity: str | None = doc("W&B entity (user or team); null = your default", default=None)
+    mode: Literal["offline", "online"] = doc(
+        "offline writes the run under the run folder (upload later with `wandb sync`); online streams it",
+        default="offline",
+    )
+    group: str | None = doc("W&B group; null = the run name, so the methods of one stream group together", default=None)
+    tags: list[str] = doc("W&B tags", default_factory=list)
+
+
+@dataclass
+class LogConfig:
+    """Where a run's metrics go besides ``results.json``: ``metrics.csv``, ``metrics.jsonl``
+    and ``run.log`` are always written in the run folder; these add the trackers."""
+
+    tensorboard: bool = doc(
+        "TensorBoard event files in <run folder>/tensorboard (`pip install \"retaincl[tensorboard]\"`)", default=False
+    )
+    wandb: WandbConfig | None = doc(
+        "Weights & Biases: null = off; a mapping turns it on, e.g. {project: mine, mode: offline} ({} = defaults)",
+        default=None,
+    )
+
+
+@dataclass
 class ExperimentConfig:
     method: str | list[str] = doc(
         "method name, or a list of names run in turn on the same stream", default="simplecil"
@@ -244,6 +273,11 @@ class ExperimentConfig:
         default_factory=dict,
     )
     seed: int = doc("seed of weights, sampling and data order; recorded in results", default=1993)
+    seeds: list[int] | None = doc(
+        "a sweep: run every method once per seed in this list (each seed its own run folder); "
+        "null = the one `seed`. `retaincl run --seeds 0,1,2` sets it",
+        default=None,
+    )
     device: str = doc("cpu, cuda, cuda:N or auto", default="auto")
     output_dir: str = doc("folder for results, checkpoints and logs", default="runs")
     name: str | None = doc("run name; default derived from data, scenario and seed", default=None)
@@ -264,6 +298,7 @@ class ExperimentConfig:
         default="fp32",
     )
     loader: LoaderConfig = doc("data pipeline: decoding workers, decode once", default_factory=LoaderConfig)
+    log: LogConfig = doc("metric logs and trackers (TensorBoard, Weights & Biases)", default_factory=LogConfig)
 
     @property
     def method_names(self) -> list[str]:
@@ -276,6 +311,12 @@ class ExperimentConfig:
         for name in names:
             if names.count(name) > 1:
                 raise ConfigError(f"method: {name!r} is listed twice; each method runs once per config")
+        if self.seeds is not None:
+            if not self.seeds:
+                raise ConfigError("seeds: the list is empty; give at least one seed, or null to use `seed`")
+            repeated = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+            if repeated:
+                raise ConfigError(f"seeds: {repeated[0]} is listed twice; each seed runs once")
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -308,6 +349,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as err:
                 errors.append(err)
+                if isinstance(value, dict) and dataclasses.is_dataclass(arg):
+                    raise  # a mapping for a section: its own error names the wrong key
         raise ConfigError(f"{key}: {value!r} is not allowed; expected {_type_name(tp)}")
     if tp is type(None):
         if value is None:

@@ -7,15 +7,24 @@ A component becomes available under a name with a decorator, as in timm::
 
 Look-ups of unknown names raise a ``KeyError`` that lists the known names and the
 closest match, so a typo in a config says what was meant.
+
+Methods outside the package register the same way, from a module the registry imports:
+an installed distribution names it in the entry-point group ``retaincl.methods``
+(:data:`ENTRY_POINT_GROUP`; the value a module, or a ``Learner`` class registered under
+the entry point's name), and ``retaincl --import MODULE`` imports a module or ``.py`` file
+for one command (docs/adding_a_method.md shows both).
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+ENTRY_POINT_GROUP = "retaincl.methods"
 
 
 class Registry:
@@ -82,3 +91,25 @@ def _import_builtins() -> None:
 
     for package in ("retaincl.data", "retaincl.backbones", "retaincl.methods"):
         import_submodules(package)
+    load_entry_points()
+
+
+def load_entry_points(group: str = ENTRY_POINT_GROUP) -> list[str]:
+    """Load the installed distributions' methods (entry points of ``group``); returns the
+    entry points' names. One that fails to import is a warning naming it and its error,
+    so a broken plug-in does not stop runs of the other methods (asking for its method
+    then says that name is unknown)."""
+    from importlib.metadata import entry_points
+
+    names = []
+    for ep in entry_points(group=group):
+        try:
+            obj = ep.load()
+        except Exception as err:  # a plug-in's own bug: name it, keep the rest usable
+            log.warning("entry point %s = %s (group %s) failed to load: %s: %s", ep.name, ep.value, group,
+                        type(err).__name__, err)
+            continue
+        if isinstance(obj, type) and obj not in METHODS._items.values():
+            METHODS.register(ep.name)(obj)
+        names.append(ep.name)
+    return names

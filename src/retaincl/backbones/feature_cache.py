@@ -192,7 +192,7 @@ class FeatureStore:
         mine = [np.arange(lo, hi) for lo, hi in distributed.my_batches(n, self.batch_size)]
         stream = image_batches(images, mine, self.device, shift, self.workers)
         bar = tqdm(stream, total=len(mine), desc=f"features {images.name}/{images.split} {shift.key}",
-                   disable=self.quiet, leave=False)
+                   disable=self.quiet or None, leave=False)  # None: off when stderr is not a terminal
         out = []
         with autocast(self.device, self.precision):
             for batch in bar:

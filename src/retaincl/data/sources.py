@@ -122,7 +122,7 @@ def mnist5k_arrays(cache_dir: str | Path | None = MNIST5K_CACHE) -> tuple[np.nda
 
 @register_data_source("mnist5k")
 def mnist5k(cfg: DataConfig) -> SourceData:
-    """Embedded MNIST subset: 400 train and 100 test images per digit (DESIGN.md)."""
+    """Embedded MNIST subset: 400 train and 100 test images per digit (docs/design.md, "Offline data and weights")."""
     images, y = mnist5k_arrays()
     tr, te = per_class_split(y, train_count=400)
     return SourceData(

@@ -1,5 +1,8 @@
 """Atomic file writes: write to a temporary file in the same folder, then rename.
 
+Files get the permissions the user's umask allows (``tempfile.mkstemp`` would leave
+them at 0600), and JSON holds no NaN or infinity: they are written as ``null``.
+
 A temporary file is named ``.<target>.<host>.<pid>.<random>.tmp``. A process killed
 mid-write (``kill -9``, power loss) leaves it behind; :func:`remove_stale_temp_files`
 removes it on the next run, and only when it is surely abandoned: written on this
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -33,11 +37,27 @@ def temp_prefix(name: str) -> str:
     return f".{name}.{_host()}.{os.getpid()}."
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (``/proc``);
+    elsewhere set and restored at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):  # mkstemp makes 0600; a plain open() would give 0666 & ~umask
+            os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -52,8 +72,21 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by ``None`` (JSON's ``null``):
+    ``NaN`` is not JSON, and strict readers (browsers, ``jq``, most languages) refuse it."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """``obj`` as indented JSON, NaN and infinity written as ``null`` (:func:`json_safe`)."""
+    atomic_write_text(path, json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def _pid_alive(pid: int) -> bool:

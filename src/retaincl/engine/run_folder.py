@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,10 @@ log = logging.getLogger(__name__)
 class RunError(RuntimeError):
     """A run cannot start as configured; the message says why and what to change."""
 
-#: Config keys that do not change the numbers: left out of the config hash.
-UNHASHED_KEYS = ("quiet", "method", "cache", "output_dir", "eval", "threads", "loader")
+#: Config keys that do not change the numbers: left out of the config hash. (``seeds``
+#: names a sweep, each of whose runs has its own ``seed``; ``log`` only adds trackers;
+#: ``loader`` only changes how images are decoded.)
+UNHASHED_KEYS = ("quiet", "method", "cache", "output_dir", "eval", "threads", "loader", "seeds", "log")
 
 
 def hashed_config(cfg: ExperimentConfig, method: str) -> dict[str, Any]:
@@ -74,6 +77,13 @@ def read_finished_results(path: Path) -> dict[str, Any] | None:
         return None
     try:
         res = json.loads(path.read_text())
+        if isinstance(res, dict) and isinstance(res.get("accuracy_matrix"), list):
+            # the file holds null where an accuracy was not measured (JSON has no NaN);
+            # returned as NaN, as a run that has just finished returns it
+            res["accuracy_matrix"] = [
+                [math.nan if v is None else v for v in row] if isinstance(row, list) else row
+                for row in res["accuracy_matrix"]
+            ]
         return res if isinstance(res, dict) else None
     except (OSError, ValueError) as err:
         log.warning("%s cannot be read (%s); it will be written again", path, err)

@@ -1,10 +1,12 @@
-"""The runner: one loop for every method (DESIGN.md, "The flow of one run").
+"""The runner: one loop for every method (docs/design.md, "The flow of one run").
 
 For each task: ``begin_task``, ``fit``, ``end_task``; then evaluate on the test data of
 every task seen so far (every task, and once before training, where the label space is
 fixed) to fill one row of the accuracy matrix; then write a checkpoint atomically, so
 that a crashed run resumes at the next task. At the end: metrics, timings and the
-resolved config go into one results JSON.
+resolved config go into one results JSON. Meanwhile the run's logs (``metrics.jsonl``,
+``metrics.csv``, ``run.log``, the configured trackers: :mod:`retaincl.engine.loggers`)
+grow task by task beside it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from retaincl.engine.environment import (
     set_rng_state,
 )
 from retaincl.engine.files import atomic_write_json, remove_stale_temp_files
+from retaincl.engine.loggers import closes_run_logs, open_run_log, task_event
 from retaincl.engine.run_folder import RunError, config_hash, hashed_config, open_run_folder
 from retaincl.evaluation.metrics import summarize
 from retaincl.methods.base import DivergenceError, Learner, LearnerContext
@@ -104,6 +107,19 @@ class Timer:
 
     def add(self, phase: str, seconds: float) -> None:
         self.totals[phase] = self.totals.get(phase, 0.0) + seconds
+
+
+class NoRunLog:
+    """The run log of a rank other than 0 in a distributed run: writes nothing."""
+
+    def scalar(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def task_done(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def finish(self, *args: Any, **kwargs: Any) -> None:
+        pass
 
 
 def check_transform(cfg: ExperimentConfig, source: Any) -> None:
@@ -217,6 +233,7 @@ def build_learner(session: Session, method: str) -> Learner:
     return cls(params, ctx)
 
 
+@closes_run_logs  # the run's logs are closed however it ends, an error written to run.log
 def run_method(
     session: Session, method: str, resume: bool = True, progress: bool = True, overwrite: bool = False
 ) -> dict[str, Any]:
@@ -265,6 +282,11 @@ def run_method(
         learner.restore_tasks(stream.tasks[:start_task])
         set_rng_state(ckpt["rng"])
         log.info("resuming %s at task %d", method, start_task)
+    runlog = open_run_log(
+        out_dir, run_name=session.run_name(), method=method, config=to_dict(cfg) | {"method": method},
+        start_task=start_task, quiet=cfg.quiet,
+    ) if distributed.is_main() else NoRunLog()  # rank 0 alone writes logs
+    learner.ctx.log = runlog.scalar  # Learner.log -> metrics.jsonl and the trackers
 
     def timed(phase: str, fn, *args) -> Any:
         ex0 = stats.extraction_seconds
@@ -280,7 +302,8 @@ def run_method(
     def evaluate_row(upto: int) -> list[tuple[int, int]]:
         return [evaluate_task(learner, stream.tasks[j], stream) for j in range(upto)]
 
-    bar = tqdm(range(start_task, T), desc=method, disable=cfg.quiet or not progress or not distributed.is_main(),
+    # disable=None: tqdm turns itself off when stderr is not a terminal (no escape codes in a log file)
+    bar = tqdm(range(start_task, T), desc=method, disable=(cfg.quiet or not progress or not distributed.is_main()) or None,
                initial=start_task, total=T)
     for i in bar:
         task = stream.tasks[i]
@@ -310,6 +333,7 @@ def run_method(
         })
         acc_now = correct[i, : i + 1].sum() / max(sum(len(t.test) for t in stream.tasks[: i + 1]), 1)
         bar.set_postfix(acc=f"{acc_now:.3f}")
+        runlog.task_done(task_event(i, R[i], correct[i], [len(t.test) for t in stream.tasks], per_task[-1]))
         if not distributed.is_main():
             continue  # rank 0 alone writes
         save_checkpoint(ckpt_path, {
@@ -370,7 +394,9 @@ def run_method(
         "environment": environment(session.device),
         "distributed": distributed.describe(),
         "results_path": str(results_path),
+        "logs": {"metrics_jsonl": str(out_dir / "metrics.jsonl"), "metrics_csv": str(out_dir / "metrics.csv"), "run_log": str(out_dir / "run.log")},
     }
     if distributed.is_main():
         atomic_write_json(results_path, results)
+    runlog.finish(results)
     return results

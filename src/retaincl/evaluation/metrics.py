@@ -1,4 +1,4 @@
-"""Continual-learning metrics from the accuracy matrix (DESIGN.md, "Metrics").
+"""Continual-learning metrics from the accuracy matrix (docs/design.md, "Metrics").
 
 ``R[i][j]`` is the accuracy on task ``j``'s test data after training on task ``i``
 (entries with ``j > i`` are NaN unless the scenario evaluates future tasks). ``sizes[j]``
@@ -58,6 +58,14 @@ def incremental_accuracies(
             w = np.asarray(sizes[: t + 1], dtype=float)
             out.append(float(np.sum(row * w) / np.sum(w)))
     return out
+
+
+def forgetting_per_task(R: Sequence[Sequence[float]]) -> list[float]:
+    """Chaudhry et al.'s forgetting of each old task ``j < T-1``:
+    ``max_{l in [j, T-2]} R[l][j] - R[T-1][j]`` (their mean is :func:`forgetting`)."""
+    m = _matrix(R)
+    T = m.shape[0]
+    return [float(np.max(m[j : T - 1, j]) - m[T - 1, j]) for j in range(T - 1)]
 
 
 def forgetting(R: Sequence[Sequence[float]]) -> float:

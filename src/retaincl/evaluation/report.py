@@ -1,4 +1,8 @@
-"""Plain-text tables of results: per-step accuracy, summary metrics, comparisons."""
+"""Plain-text tables of results: per-step accuracy, summary metrics; reading results files.
+
+Seeds aggregated by stream and method, CSV/LaTeX/JSON and the HTML report are in
+:mod:`retaincl.evaluation.compare`, :mod:`~retaincl.evaluation.plots` and
+:mod:`~retaincl.evaluation.html`."""
 
 from __future__ import annotations
 
@@ -24,10 +28,32 @@ def marks(result: dict[str, Any]) -> str:
     return " (batch-level inference)" if result.get("method_info", {}).get("batch_level_inference") else ""
 
 
+def forgetting_variant(result: dict[str, Any]) -> str:
+    """The short name of the forgetting a result holds under ``metrics.forgetting``: the
+    word before the colon of its ``forgetting_variant`` (``chaudhry: ...`` -> ``Chaudhry``);
+    ``unnamed`` for results written before the variant was recorded."""
+    text = str(result.get("metrics", {}).get("forgetting_variant") or "")
+    name = text.split(":", 1)[0].strip()
+    return name[:1].upper() + name[1:] if name else "unnamed"
+
+
+def forgetting_title(results: Sequence[dict[str, Any]]) -> str:
+    """The forgetting column's header, naming its variant (other libraries print other
+    numbers as "forgetting"): ``forget (Chaudhry)``; ``forget (A / B)`` if results differ."""
+    names = sorted({forgetting_variant(r) for r in results})
+    return f"forget ({' / '.join(names) or 'unnamed'})"
+
+SUMMARY_NOTE = (
+    "A_t: accuracy (%) on the pooled test data of the tasks seen after task t (sample-weighted); forgetting "
+    "and BWT in points. forget (Chaudhry): per old task, the best accuracy before the last task minus the "
+    "last (Chaudhry et al. 2018); results also hold forgetting_mammoth and forgetting_first_minus_last."
+)
+
+
 def summary_table(results: Sequence[dict[str, Any]]) -> str:
     """One row per run: A_t after each task, average incremental, last, forgetting, BWT, time."""
     T = max(len(r["accuracy_matrix"]) for r in results)
-    header = ["method", *[f"A{t + 1}" for t in range(T)], "avg inc", "last", "forget", "BWT", "time s"]
+    header = ["method", *[f"A{t + 1}" for t in range(T)], "avg inc", "last", forgetting_title(results), "BWT", "time s"]
     rows = []
     for r in results:
         m = r["metrics"]
@@ -96,4 +122,9 @@ def load_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
             raise FileNotFoundError(f"{p} is neither a results file nor a folder")
     if not files:
         raise FileNotFoundError(f"no results.json under {', '.join(map(str, paths))}")
-    return [read_results_file(f) for f in files]
+    out = []
+    for f in files:
+        result = read_results_file(f)
+        result["results_file"] = str(f)  # where it was read (results_path: where it was written)
+        out.append(result)
+    return out

@@ -10,7 +10,7 @@ A method is one class registered by name, with its hyperparameters as a ``Params
 dataclass (validated from ``methods.<name>`` in the config) and what it supports as
 class attributes that the runner checks before a run starts.
 
-Rules every learner keeps (DESIGN.md): it never reads test labels; it never sees a
+Rules every learner keeps (docs/design.md): it never reads test labels; it never sees a
 task id unless the scenario gives one (``needs_task_id``); it predicts each test sample
 on its own. Its learned state is exactly what :meth:`state_dict` returns; the
 attributes named in ``state_attrs`` (tensors, modules, plain data) are saved and
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -58,6 +58,8 @@ class LearnerContext:
     scenario: str
     quiet: bool = False
     eval_batch_size: int = 256
+    #: where :meth:`Learner.log` sends scalars (the runner's metric logs); None = nowhere
+    log: Callable[[str, float], None] | None = None
 
 
 class Learner:
@@ -196,6 +198,16 @@ class Learner:
                 f"in task {task_index} at step {step}; the run diverged. Lower methods.{self.name}.lr (or the "
                 f"method's loss weights) and run again"
             )
+        if loss.numel() == 1:
+            self.log("loss", loss)
+
+    def log(self, key: str, value: float | torch.Tensor) -> None:
+        """Report a scalar of the current step (a loss term, a learning rate, ...): the
+        runner writes it to the run's ``metrics.jsonl`` / ``metrics.csv`` and to the
+        configured trackers (``log.tensorboard``, ``log.wandb``). :meth:`check_finite`
+        reports each training loss it checks as ``loss``. Nothing happens outside a run."""
+        if self.ctx.log is not None:
+            self.ctx.log(key, float(value.detach() if isinstance(value, torch.Tensor) else value))
 
     def nonfinite_state(self) -> list[str]:
         """Names of the learned-state tensors (``state_attrs``, modules' parameters and
@@ -224,7 +236,7 @@ class Learner:
         return bad
 
     def progress(self, iterable: Iterable, desc: str, total: int | None = None) -> Iterable:
-        return tqdm(iterable, desc=desc, total=total, disable=self.ctx.quiet, leave=False)
+        return tqdm(iterable, desc=desc, total=total, disable=self.ctx.quiet or None, leave=False)
 
     def numpy_rng(self, salt: int = 0) -> np.random.Generator:
         """A generator seeded from the run seed, the task count and ``salt``."""

@@ -1,4 +1,4 @@
-"""One ViT with composable parameter-efficient modules (DESIGN.md: "One ViT, not one fork per method").
+"""One ViT with composable parameter-efficient modules (docs/design.md: "One ViT, not one fork per method").
 
 - :class:`PETLViT` (``model.py``): a timm ``VisionTransformer`` plus adapters, LoRA, SSF,
   VPT prompts and prefix prompts attached through hooks, in any combination; forwards
