@@ -46,7 +46,7 @@ PAPER_MNIST_MEAN_AUC = {"ae": 0.9619, "memae_nonsparse": 0.9725, "memae": 0.9751
 
 
 def _progress(cfg: AnomalyConfig) -> Callable[[Iterable, str], Iterable]:
-    return lambda it, desc: tqdm(it, desc=desc, disable=cfg.quiet, leave=False)
+    return lambda it, desc: tqdm(it, desc=desc, disable=cfg.quiet or None, leave=False)
 
 
 def _new_detector(cfg: AnomalyConfig, reader: InputReader, variant: str, seed: int, classes: list[int]) -> Detector:
@@ -118,7 +118,7 @@ def select_settings(
     splits = {k: validation_split(train_y, k, sel.holdout, sel.anomalies_per_class, cfg.seed) for k in classes}
     points = []
     t0 = time.perf_counter()
-    for settings in tqdm(grid_points(sel.grid[variant]), desc=f"select {variant}", disable=cfg.quiet, leave=False):
+    for settings in tqdm(grid_points(sel.grid[variant]), desc=f"select {variant}", disable=cfg.quiet or None, leave=False):
         run = with_settings(cfg, settings)
         aucs = {}
         for k, (fit, val, is_anomaly) in splits.items():
@@ -155,7 +155,7 @@ def run_one_class(cfg: AnomalyConfig, reader: InputReader, device: torch.device,
             settings = selection[variant]["chosen"]
         run = with_settings(cfg, settings)
         res: dict[str, Any] = {"settings": settings, "auc": {}, "final_loss": {}, "addressing": {}, "train_seconds": 0.0, "score_seconds": 0.0}
-        for k in tqdm(classes, desc=f"one-class {variant}", disable=cfg.quiet):
+        for k in tqdm(classes, desc=f"one-class {variant}", disable=cfg.quiet or None):
             if variant in cfg.selection.grid and not cfg.selection.refit:
                 fit_idx = validation_split(train_y, k, cfg.selection.holdout, cfg.selection.anomalies_per_class, cfg.seed)[0]
             else:
@@ -204,7 +204,7 @@ def run_stream(cfg: AnomalyConfig, reader: InputReader, device: torch.device, ou
         aucs: list[float | None] = []
         per_task: list[list[float | None]] = []
         train_s = score_s = 0.0
-        for t in tqdm(range(len(tasks)), desc=f"stream {variant}", disable=cfg.quiet):
+        for t in tqdm(range(len(tasks)), desc=f"stream {variant}", disable=cfg.quiet or None):
             parts = tasks[: t + 1] if cfg.stream.update == "joint" else [tasks[t]]
             x = torch.cat([reader.of_split(p.train) for p in parts])
             t0 = time.perf_counter()
