@@ -9,6 +9,11 @@
   CUB, ... after the usual split).
 - ``domain_folder``: ``root/<domain>/{train,test}/<class>/*`` (DomainNet, CORe50, ...),
   the domain label of each sample drives domain-incremental streams.
+
+Class names (what text encoders such as CLIP read): the digit words ``zero`` ..
+``nine`` for mnist5k and digits; torchvision's names for cifar100; the folder names for
+folders, mapped through a JSON file ``{"<folder>": "<name>"}`` when ``data.class_names``
+names one or ``root/class_names.json`` exists (ImageNet-R's WordNet-id folders).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from retaincl.config import DataConfig
 from retaincl.data.images import ArrayImageSet, FolderImageSet, ImageSet
 from retaincl.registry import DATA_SOURCES, register_data_source
 
+#: class names of the digit sources: the words, as captions and prompts name digits.
+DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -67,7 +74,7 @@ def mnist5k(cfg: DataConfig) -> SourceData:
         "mnist5k",
         ArrayImageSet("mnist5k", "train", images[tr], y[tr]),
         ArrayImageSet("mnist5k", "test", images[te], y[te]),
-        [str(i) for i in range(10)],
+        list(DIGIT_NAMES),
     )
 
 
@@ -84,7 +91,7 @@ def digits(cfg: DataConfig) -> SourceData:
         "digits",
         ArrayImageSet("digits", "train", images[tr], y[tr]),
         ArrayImageSet("digits", "test", images[te], y[te]),
-        [str(i) for i in range(10)],
+        list(DIGIT_NAMES),
     )
 
 
@@ -133,6 +140,25 @@ def _scan_classes(folder: Path, classes: list[str] | None = None) -> tuple[list[
     return paths, labels, names
 
 
+def readable_names(cfg: DataConfig, root: Path, folders: list[str]) -> list[str]:
+    """Folder names mapped through ``data.class_names`` (or ``root/class_names.json``)."""
+    import json
+
+    path = Path(cfg.class_names).expanduser() if cfg.class_names else root / "class_names.json"
+    if not cfg.class_names and not path.is_file():
+        return list(folders)
+    try:
+        mapping = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise DataSourceError(f"data.class_names {str(path)!r} is not a readable JSON file ({err})") from err
+    if not isinstance(mapping, dict):
+        raise DataSourceError(f"data.class_names {str(path)!r} must hold one JSON object {{folder: name}}")
+    missing = [f for f in folders if f not in mapping]
+    if missing:
+        raise DataSourceError(f"data.class_names {str(path)!r} has no name for the folders {missing[:5]} ({len(missing)} missing)")
+    return [str(mapping[f]) for f in folders]
+
+
 def _root(cfg: DataConfig, source: str, layout: str) -> Path:
     if cfg.root is None:
         raise DataSourceError(f"{source} needs data.root: a folder laid out as {layout}")
@@ -153,7 +179,7 @@ def image_folder(cfg: DataConfig) -> SourceData:
         name,
         FolderImageSet(name, "train", tr_paths, np.asarray(tr_y), cfg.image_size),
         FolderImageSet(name, "test", te_paths, np.asarray(te_y), cfg.image_size),
-        names,
+        readable_names(cfg, root, names),
     )
 
 
@@ -176,7 +202,7 @@ def domain_folder(cfg: DataConfig) -> SourceData:
         s = FolderImageSet(f"domain_folder:{root.name}", split, paths, np.asarray(ys), cfg.image_size, np.asarray(ds))
         s.domain_names = domains
         splits[split] = s
-    return SourceData(f"domain_folder:{root.name}", splits["train"], splits["test"], names)
+    return SourceData(f"domain_folder:{root.name}", splits["train"], splits["test"], readable_names(cfg, root, names))
 
 
 def load_source(cfg: DataConfig) -> SourceData:

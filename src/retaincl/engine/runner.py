@@ -66,6 +66,7 @@ class Session:
         device = resolve_device(cfg.device)
         source = load_source(cfg.data)
         stream = build_stream(cfg.scenario, source)
+        stream.info.setdefault("class_names", [source.class_names[c] for c in stream.class_order])
         seed_everything(cfg.seed)  # randomly initialised backbones (mlp, pretrained=false) follow the run seed
         backbone = build_backbone(cfg.backbone, cfg.transform).to(device).eval()
         backbone.requires_grad_(False)
@@ -158,6 +159,7 @@ def build_learner(session: Session, method: str) -> Learner:
         scenario=kind,
         quiet=session.cfg.quiet,
         eval_batch_size=session.cfg.eval.batch_size,
+        class_names=list(session.stream.info.get("class_names", [])),
     )
     return cls(params, ctx)
 
@@ -256,6 +258,7 @@ def run_method(session: Session, method: str, resume: bool = True, progress: boo
             "kind": stream.kind,
             "description": stream.description,
             "class_order": stream.class_order,
+            "class_names": stream.info.get("class_names"),
             "tasks": [{"classes": t.classes, "domain": t.domain, "train_size": len(t.train), "test_size": len(t.test)} for t in stream.tasks],
             "task_id_at_test": stream.task_id_at_test,
         },

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -56,6 +56,8 @@ class LearnerContext:
     scenario: str
     quiet: bool = False
     eval_batch_size: int = 256
+    #: name of each stream label (label k is ``class_names[k]``), for text encoders (CLIP).
+    class_names: list[str] = field(default_factory=list)
 
 
 class Learner:
