@@ -1,0 +1,78 @@
+"""``clip_tiny_retain``: a tiny CLIP trained by ``scripts/pretrain_tiny_clip.py``.
+
+No CLIP weights can be downloaded on the machines this project is built on, and no
+wheel ships any, so the project trains its own small CLIP, contrastively, on captioned
+images that it renders itself (digits, letters and shapes in many fonts, sizes,
+colours and backgrounds; :mod:`retaincl.backbones.clip.synthetic`). It is an
+``open_clip.CLIP`` built from a small config: the same classes, tokenizer (CLIP's BPE,
+49,408 tokens) and forward passes as ``ViT-B-16``, only smaller, so every CLIP code
+path of the library (text encoding, prompt learning on token embeddings, image
+prompts, fine-tuning) runs on it as it would on the real model.
+
+Storage. The token-embedding table has a row for each of the 49,408 BPE tokens, but
+only the few hundred tokens of the generated captions ever receive a gradient. The
+file keeps those rows (``text.token_rows`` holds their token ids and
+``token_embedding.weight`` only those rows); every other row is zero when loaded. A
+word that never occurred in training therefore embeds as zero, where a randomly
+initialised row would embed as noise: neither carries meaning.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TINY_CLIP_NAME = "clip_tiny_retain"
+#: open_clip ``CLIP`` arguments of the tiny model (the weights file fits exactly these).
+TINY_CLIP_CFG: dict[str, Any] = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 32, "patch_size": 4, "width": 64, "layers": 4, "head_width": 32, "mlp_ratio": 4.0},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+#: inputs in [0, 1] are normalised with OpenAI CLIP's mean and std (as the real CLIPs).
+TINY_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+TINY_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+TOKEN_ROWS = "text.token_rows"
+TOKEN_WEIGHT = "token_embedding.weight"
+
+
+def tiny_clip_weights_path() -> Path:
+    """Where the packaged weights live (inside the installed package)."""
+    return Path(__file__).resolve().parents[2] / "weights" / f"{TINY_CLIP_NAME}.safetensors"
+
+
+def create_tiny_clip() -> torch.nn.Module:
+    """The tiny CLIP architecture with random weights (``open_clip.CLIP``)."""
+    import open_clip
+
+    return open_clip.CLIP(**TINY_CLIP_CFG)
+
+
+def tiny_clip_tokenizer() -> Any:
+    """CLIP's BPE tokenizer with the tiny model's context length."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer(context_length=TINY_CLIP_CFG["text_cfg"]["context_length"])
+
+
+def compact_state_dict(state: dict[str, torch.Tensor], used_tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``state`` with only the token-embedding rows of ``used_tokens`` (ids, sorted)."""
+    out = {k: v.detach().contiguous() for k, v in state.items() if k != TOKEN_WEIGHT}
+    rows = torch.as_tensor(used_tokens, dtype=torch.long).unique()
+    out[TOKEN_ROWS] = rows
+    out[TOKEN_WEIGHT] = state[TOKEN_WEIGHT][rows].detach().contiguous()
+    return out
+
+
+def expand_state_dict(state: dict[str, torch.Tensor], vocab_size: int) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`compact_state_dict`: a full table, zero rows for unseen tokens."""
+    if TOKEN_ROWS not in state:
+        return dict(state)
+    out = {k: v for k, v in state.items() if k != TOKEN_ROWS}
+    rows, values = state[TOKEN_ROWS].long(), state[TOKEN_WEIGHT]
+    table = torch.zeros(vocab_size, values.shape[1], dtype=values.dtype)
+    table[rows] = values
+    out[TOKEN_WEIGHT] = table
+    return out
