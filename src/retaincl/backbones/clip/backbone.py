@@ -39,13 +39,36 @@ from retaincl.backbones.clip.tiny import (
     TINY_CLIP_STD,
     create_tiny_clip,
     expand_state_dict,
+    fill_locked_image_tower,
     tiny_clip_tokenizer,
     tiny_clip_weights_path,
 )
 from retaincl.backbones.clip.weights import ensure_clip_weights, parse_clip_name
 from retaincl.backbones.vit.backbone import _tensor_digest
+from retaincl.backbones.vit.tiny import tiny_weights_path
 from retaincl.config import BackboneConfig
 from retaincl.registry import register_backbone
+
+IMAGE_TOWER_KEY = "image_tower_sha256"
+
+
+def check_image_tower(path) -> None:
+    """A tiny CLIP file without its locked image tower names (in its metadata) the sha256 of
+    the tiny ViT file it was trained on; that file must be the packaged one."""
+    from safetensors import safe_open
+
+    if not str(path).endswith(".safetensors"):
+        raise BackboneError(f"{str(path)!r} has no image tower: give the full state dict, or a .safetensors "
+                            f"file written by scripts/pretrain_tiny_clip.py")
+    with safe_open(str(path), framework="pt") as f:
+        want = (f.metadata() or {}).get(IMAGE_TOWER_KEY)
+    have = file_digest(tiny_weights_path())
+    if want != have:
+        raise BackboneError(
+            f"{str(path)!r} was trained on the tiny ViT with sha256 {want}, but the packaged "
+            f"{tiny_weights_path().name} has {have}; retrain it with `python scripts/pretrain_tiny_clip.py`"
+        )
+
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -85,6 +108,9 @@ class CLIPBackbone(Backbone):
                     f"recreate them with `python scripts/pretrain_tiny_clip.py`"
                 )
             state = expand_state_dict(load_state_dict_file(path), TINY_CLIP_CFG["text_cfg"]["vocab_size"])
+            if "visual.conv1.weight" not in state:  # the locked image tower is the packaged tiny ViT
+                check_image_tower(path)
+                state = fill_locked_image_tower(state, tiny_weights_path())
             try:
                 model.load_state_dict(state, strict=True)
             except RuntimeError as err:
@@ -227,5 +253,5 @@ class CLIPBackbone(Backbone):
 
 @register_backbone(TINY_CLIP_NAME)
 def clip_tiny_retain(cfg: BackboneConfig) -> CLIPBackbone:
-    """Tiny CLIP (32 px ViT, 2-layer text transformer, 64-d) trained on rendered captioned images; packaged."""
+    """Tiny CLIP (the tiny ViT as image tower, 3-layer text transformer, 64-d) trained on rendered captions; packaged."""
     return CLIPBackbone(cfg)
