@@ -68,10 +68,13 @@ def test_unknown_config_key_suggests_the_right_one(tmp_path):
 
 def test_variants_differ_only_where_the_paper_says():
     cfg = ModelConfig(memory_size=50)
-    mem, ae, ns = (variant_spec(v, cfg, "images", 1, 8) for v in ("memae", "ae", "memae_nonsparse"))
+    names = ("memae", "ae", "memae_nonsparse", "memae_no_shrink", "memae_no_entropy")
+    mem, ae, ns, no_shrink, no_entropy = (variant_spec(v, cfg, "images", 1, 8) for v in names)
     assert (mem.memory_size, mem.shrink_threshold, mem.entropy_weight) == (50, 1 / 50, 0.0002)
     assert (ae.memory_size, ae.entropy_weight) == (0, 0.0)
     assert (ns.memory_size, ns.shrink_threshold, ns.entropy_weight) == (50, 0.0, 0.0)
+    assert (no_shrink.shrink_threshold, no_shrink.entropy_weight) == (0.0, 0.0002)
+    assert (no_entropy.shrink_threshold, no_entropy.entropy_weight) == (1 / 50, 0.0)
 
 
 def test_feature_detector_save_load_roundtrip(tmp_path):
@@ -98,7 +101,7 @@ def test_tiny_end_to_end_run_and_scoring_files(tmp_path, capsys):
 
     cfg = load_anomaly_config(None, [
         "data.source=digits", "normal_classes=[0,1]", "train.epochs=2", "quiet=true",
-        "model.memory_size=10", "model.channels=[4,8]", f"output_dir={tmp_path}", "name=tiny",
+        "model.memory_size=10", "model.channels=[4,8]", "model.kernels=[1,3]", f"output_dir={tmp_path}", "name=tiny",
     ])
     res = run_anomaly(cfg)
     written = json.loads((tmp_path / "tiny" / "anomaly_results.json").read_text())
@@ -110,7 +113,7 @@ def test_tiny_end_to_end_run_and_scoring_files(tmp_path, capsys):
     # same config and seed: same numbers
     again = run_anomaly(load_anomaly_config(None, [
         "data.source=digits", "normal_classes=[0,1]", "train.epochs=2", "quiet=true",
-        "model.memory_size=10", "model.channels=[4,8]", f"output_dir={tmp_path}", "name=tiny2",
+        "model.memory_size=10", "model.channels=[4,8]", "model.kernels=[1,3]", f"output_dir={tmp_path}", "name=tiny2",
     ]))
     assert again["models"]["memae"]["auc"] == res["models"]["memae"]["auc"]
     # score image files with a saved model: one command
@@ -129,7 +132,7 @@ def test_tiny_stream_run(tmp_path):
 
     cfg = load_anomaly_config(None, [
         "protocol=stream", "data.source=digits", "train.epochs=1", "quiet=true", "model.memory_size=10",
-        "model.channels=[4,8]", "models=[memae]", "stream.classifier=null", "save_models=false",
+        "model.channels=[4,8]", "model.kernels=[1,3]", "models=[memae]", "stream.classifier=null", "save_models=false",
         f"output_dir={tmp_path}", "scenario.base=4", "scenario.increment=3",
     ])
     res = run_anomaly(cfg)

@@ -133,3 +133,21 @@ def test_aper_runs_through_the_runner_on_the_tiny_vit(make_digits_config):
     R = np.asarray(res["accuracy_matrix"])
     assert R.shape == (5, 5) and R[0, 0] > 0.9 and res["metrics"]["last_accuracy"] > 0.5
     assert res["method_info"]["petl"] == "adapter" and len(res["method_info"]["adapt_losses"]) == 1
+
+
+def test_modules_start_as_the_official_code_starts_them():
+    """Adapter dropout 0.1 (APER convs/vision_transformer_adapter.py), VPT prompts at zero
+    (convs/vpt.py), SSF gamma ~ N(1, 0.02), beta ~ N(0, 0.02) (convs/vision_transformer_ssf.py)."""
+    adapter = make_learner("aper_adapter").backbone.vit.petl["adapter"]
+    assert all(m.dropout.p == 0.1 for m in adapter.values())
+    assert make_learner("aper_adapter", adapter_dropout=0.0).backbone.vit.petl["adapter"]["0"].dropout.p == 0.0
+    for variant in ("aper_vpt_shallow", "aper_vpt_deep"):
+        assert torch.count_nonzero(make_learner(variant).backbone.vit.petl["vpt"].tokens) == 0
+    assert torch.count_nonzero(make_learner("aper_vpt_deep", vpt_init="uniform").backbone.vit.petl["vpt"].tokens) > 0
+    ssf = make_learner("aper_ssf").backbone.vit.petl["ssf"]
+    scale = torch.cat([m.scale.detach() for m in ssf.values()])
+    shift = torch.cat([m.shift.detach() for m in ssf.values()])
+    assert abs(float(scale.mean()) - 1) < 0.005 and abs(float(scale.std()) - 0.02) < 0.003
+    assert abs(float(shift.mean())) < 0.005 and abs(float(shift.std()) - 0.02) < 0.003
+    ident = make_learner("aper_ssf", ssf_init="identity").backbone.vit.petl["ssf"]
+    assert all(torch.equal(m.scale, torch.ones_like(m.scale)) for m in ident.values())

@@ -1,5 +1,9 @@
 """Class orders, splits and scenarios against what the definitions say."""
 
+import os
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -120,3 +124,149 @@ def test_missing_data_says_where_to_put_it(tmp_path):
         load_source(DataConfig(source="cifar100", root=str(tmp_path)))
     with pytest.raises(DataSourceError, match="data.root"):
         load_source(DataConfig(source="image_folder"))
+
+
+# ----------------------------------------------------------------------------- image folders: bad files and layouts
+
+
+def make_folder(root, classes=("cat", "dog"), splits=("train", "test"), n=2, side=6):
+    from PIL import Image
+
+    for split in splits:
+        for cls in classes:
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for k in range(n):
+                Image.fromarray(np.full((side, side, 3), 40 * k + 10, np.uint8)).save(d / f"{k}.png")
+    return root
+
+
+def test_16_bit_grayscale_png_is_scaled_not_clipped(tmp_path):
+    """PIL's RGB conversion clips 16-bit values at 255; they must be scaled to 8 bits."""
+    from PIL import Image
+
+    from retaincl.data.images import FolderImageSet
+
+    values = np.array([[0, 1000, 30000, 65535]] * 4, dtype=np.uint16)
+    path = tmp_path / "deep.png"
+    Image.fromarray(values).save(path)
+    with Image.open(path) as img:
+        assert img.mode.startswith("I")  # PIL reads it as a 16-bit (or 32-bit int) image
+    x = FolderImageSet("t", "train", [path], np.zeros(1), image_size=4).image(0)
+    expected = torch.tensor([0, 1000, 30000, 65535], dtype=torch.float32) / 65535
+    assert x.shape == (3, 4, 4)
+    torch.testing.assert_close(x[0, 0], expected, atol=1 / 255 + 1e-6, rtol=0)
+    torch.testing.assert_close(x[1], x[0]) and torch.testing.assert_close(x[2], x[0])
+
+
+@pytest.mark.parametrize(
+    "layout, words",
+    [
+        ("missing_in_test", ["bird", "test"]),
+        ("missing_in_train", ["bird", "train"]),
+        ("empty_in_train", ["bird", "train"]),
+        ("empty_in_test", ["bird", "test"]),
+    ],
+)
+def test_image_folder_class_layout_errors_name_the_class(tmp_path, layout, words):
+    from retaincl.data import DataSourceError
+
+    root = make_folder(tmp_path / "d")
+    where, _, split = layout.partition("_in_")
+    if where == "missing":
+        make_folder(root, classes=("bird",), splits=(split,))
+    else:
+        make_folder(root, classes=("bird",))
+        for f in (root / split / "bird").iterdir():
+            f.unlink()
+    with pytest.raises(DataSourceError) as err:
+        load_source(DataConfig(source="image_folder", root=str(root), image_size=6))
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_domain_folder_class_missing_in_one_domain_is_an_error(tmp_path):
+    from retaincl.data import DataSourceError
+
+    make_folder(tmp_path / "dom" / "art")
+    make_folder(tmp_path / "dom" / "photo", classes=("cat",))
+    with pytest.raises(DataSourceError, match=r"dog.*photo|photo.*dog"):
+        load_source(DataConfig(source="domain_folder", root=str(tmp_path / "dom"), image_size=6))
+
+
+def test_hidden_folders_and_files_are_not_classes_or_images(tmp_path):
+    root = make_folder(tmp_path / "d")
+    (root / "train" / ".ipynb_checkpoints").mkdir()
+    (root / "train" / "cat" / ".0-checkpoint.png").write_bytes(b"junk")
+    src = load_source(DataConfig(source="image_folder", root=str(root), image_size=6))
+    assert src.class_names == ["cat", "dog"] and len(src.train) == 4
+
+
+def bad_files(folder):
+    """Hostile files with image names: (file name, how to make it)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    jpeg = buf.getvalue()
+    return {
+        "empty.png": lambda p: p.write_bytes(b""),
+        "text.jpg": lambda p: p.write_text("this is not an image\n"),
+        "random.png": lambda p: p.write_bytes(np.random.default_rng(1).bytes(500)),
+        "truncated.jpg": lambda p: p.write_bytes(jpeg[: len(jpeg) // 2]),
+        "fifo.png": lambda p: os.mkfifo(p),
+        "folder.png": lambda p: p.mkdir(),
+        "dangling.png": lambda p: p.symlink_to(folder / "nowhere.png"),
+    }
+
+
+@pytest.mark.parametrize("name", ["empty.png", "text.jpg", "random.png", "truncated.jpg", "fifo.png", "folder.png", "dangling.png"])
+def test_a_bad_image_file_is_an_error_naming_it(tmp_path, name):
+    """Found when the folder is read (or, for a truncated image, when it is decoded); a
+    FIFO is never opened, so nothing hangs."""
+    from retaincl.data import DataSourceError
+
+    root = make_folder(tmp_path / "d")
+    bad_files(root)[name](root / "train" / "dog" / name)
+    with no_hang(20), pytest.raises(DataSourceError, match=re.escape(name)) as err:
+        src = load_source(DataConfig(source="image_folder", root=str(root), image_size=6))
+        src.train.images(range(len(src.train)))
+    assert "--skip-bad-images" in str(err.value)
+
+
+def test_skip_bad_images_leaves_them_out_and_lists_them(tmp_path):
+    root = make_folder(tmp_path / "d")
+    makers = bad_files(root)
+    for name, make in makers.items():
+        make(root / "train" / "dog" / name)
+    with no_hang(20):
+        src = load_source(DataConfig(source="image_folder", root=str(root), image_size=6, skip_bad_images=True))
+    assert len(src.train) == 4 and src.train.images(range(4)).shape == (4, 3, 6, 6)
+    skipped = {Path(s["path"]).name for s in src.skipped_images}
+    assert skipped == set(makers)
+    assert all(s["reason"] for s in src.skipped_images)
+
+
+class no_hang:
+    """Fail (instead of hanging the test run) when the block takes longer than ``seconds``."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def __enter__(self):
+        import signal
+
+        def boom(*_):
+            raise TimeoutError(f"hung for {self.seconds}s")
+
+        self.old = signal.signal(signal.SIGALRM, boom)
+        signal.alarm(self.seconds)
+
+    def __exit__(self, *exc):
+        import signal
+
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, self.old)
+        return False

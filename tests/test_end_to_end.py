@@ -44,13 +44,13 @@ def test_same_seed_same_numbers(make_digits_config):
 def test_second_run_extracts_nothing_and_damaged_cache_is_rebuilt(make_digits_config, tmp_path):
     cfg = make_digits_config(method="simplecil", **{"cache.dir": str(tmp_path / "own-cache")})
     first = run_method(Session.create(cfg), "simplecil", progress=False)
-    second = run_method(Session.create(cfg), "simplecil", progress=False)
+    second = run_method(Session.create(cfg), "simplecil", resume=False, progress=False)
     assert first["feature_cache"]["extracted_samples"] == 1797
     assert second["feature_cache"]["extracted_samples"] == 0
     np.testing.assert_array_equal(second["accuracy_matrix"], first["accuracy_matrix"])
     entry = sorted((tmp_path / "own-cache").glob("*.npy"))[0]
     entry.write_bytes(entry.read_bytes()[:-100])  # a partial write
-    third = run_method(Session.create(cfg), "simplecil", progress=False)
+    third = run_method(Session.create(cfg), "simplecil", resume=False, progress=False)
     assert third["feature_cache"]["rebuilt_entries"] == 1
     np.testing.assert_array_equal(third["accuracy_matrix"], first["accuracy_matrix"])
     no_cache = make_digits_config(method="simplecil", **{"cache.enabled": False, "name": "nocache"})

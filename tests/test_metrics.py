@@ -79,3 +79,20 @@ def test_summarize_names_both_averagings():
 def test_non_square_matrix_is_rejected():
     with pytest.raises(ValueError, match="T x T"):
         forgetting([[0.1, 0.2]])
+
+
+def test_three_forgetting_variants_differ_where_they_should():
+    """By hand. Task 0: 0.5 -> 0.7 -> 0.9 (rises at the end); task 1: 0.8 -> 0.6.
+    Chaudhry: task 0 max(0.5, 0.7) - 0.9 = -0.2, task 1 0.8 - 0.6 = 0.2 -> mean 0.0.
+    Mammoth (last row in the max): task 0 max(0.5, 0.7, 0.9) - 0.9 = 0, task 1 0.2 -> 0.1.
+    First minus last (Avalanche): task 0 0.5 - 0.9 = -0.4, task 1 0.8 - 0.6 = 0.2 -> -0.1 (= -BWT)."""
+    from retaincl.evaluation.metrics import forgetting_first_minus_last, forgetting_mammoth
+
+    up = [[0.5, NAN, NAN], [0.7, 0.8, NAN], [0.9, 0.6, 0.9]]
+    assert forgetting(up) == pytest.approx(0.0)
+    assert forgetting_mammoth(up) == pytest.approx(0.1)
+    assert forgetting_first_minus_last(up) == pytest.approx(-0.1)
+    assert forgetting_first_minus_last(up) == pytest.approx(-backward_transfer(up))
+    s = summarize(up, [10, 10, 10])
+    assert s["forgetting_variant"].startswith("chaudhry")
+    assert s["forgetting_mammoth"] == pytest.approx(0.1)

@@ -1,28 +1,73 @@
-"""RanPAC's classifier against the closed-form ridge solution; lambda against brute force."""
+"""RanPAC's classifier against independent closed-form ridge solutions; lambda against brute
+force; the mechanisms (accumulated G, random projection + ReLU) against their ablations."""
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from retaincl.methods.ranpac import RIDGES, choose_ridge, ridge_solve
+from retaincl.engine.runner import Session, run_method
+from retaincl.methods.ranpac import (
+    RIDGES,
+    RanPAC,
+    RanPACParams,
+    RidgeStatistics,
+    choose_ridge,
+    select_ridge,
+    solve_psd,
+)
 
 
-def test_ridge_solve_matches_numpy_closed_form():
+def kernel_ridge(h: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
+    """Independent exact ridge weights ``H^T (H H^T + lam I)^-1 Y`` (N < M: well conditioned)."""
+    return h.T @ np.linalg.solve(h @ h.T + lam * np.eye(len(h)), y)
+
+
+def relu_features(rng, n, d=20, m=300, scale=100.0):
+    """ReLU random features at the magnitude of real ones (||G|| ~ 1e9)."""
+    w = rng.normal(size=(d, m))
+    return np.maximum(scale * (rng.normal(size=(n, d)) + 0.5) @ w, 0.0)
+
+
+def test_range_form_is_exact_on_rank_deficient_gram_at_tiny_ridge():
+    """G = sum of 3 tasks' h h^T, rank 120 in M = 300, lambda = 1e-8: the weights equal the
+    kernel-form solution; the naive (G + 1e-8 I) solve of the full matrix does not."""
     rng = np.random.default_rng(0)
-    h = rng.normal(size=(40, 12))
-    y = np.eye(3)[rng.integers(0, 3, 40)]
-    lam = 0.7
-    expected = np.linalg.inv(h.T @ h + lam * np.eye(12)) @ h.T @ y
-    got = ridge_solve(torch.tensor(h.T @ h), torch.tensor(h.T @ y), lam).numpy()
-    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-10)
+    h = relu_features(rng, 120)
+    y = np.eye(6)[rng.integers(0, 6, 120)]
+    stats = RidgeStatistics(300, 6, torch.device("cpu"))
+    for part in np.split(np.arange(120), 3):
+        stats.add(torch.tensor(h[part]), torch.tensor(y[part]))
+    assert stats.blocks is not None and stats.rank == 120
+    g = h.T @ h
+    assert np.linalg.norm(g, 2) > 1e8  # eps * ||G|| >> 1e-8: the full system is singular in float64
+    for lam in (1e-8, 1e-2, 1e3, 1e8):
+        expected = kernel_ridge(h, y, lam)
+        got = stats.solve(lam).numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-7, atol=1e-9 * np.abs(expected).max())
+    naive = np.linalg.solve(g + 1e-8 * np.eye(300), h.T @ y)
+    assert np.abs(naive - kernel_ridge(h, y, 1e-8)).max() > 1e-3 * np.abs(kernel_ridge(h, y, 1e-8)).max()
+    np.testing.assert_allclose(stats.gram().numpy(), g, rtol=1e-9, atol=1e-9 * np.abs(g).max())
 
 
-def test_ridge_solve_falls_back_when_cholesky_fails():
-    g = torch.tensor([[1.0, 0.0], [0.0, -0.5]], dtype=torch.float64)  # not positive definite
-    c = torch.tensor([[1.0], [1.0]], dtype=torch.float64)
-    w = ridge_solve(g, c, 0.0)
-    assert torch.allclose(g @ w, c)
+def test_full_form_and_switch_are_exact():
+    """Past M/2 the statistics become the full G; a singular full G at lambda 1e-8 is solved on its range."""
+    rng = np.random.default_rng(1)
+    h = relu_features(rng, 90, d=100, m=100)
+    y = np.eye(4)[rng.integers(0, 4, 90)]
+    stats = RidgeStatistics(100, 4, torch.device("cpu"))
+    for part in np.split(np.arange(90), 3):  # 30, 60 (range form), then 90 > 50: full form
+        stats.add(torch.tensor(h[part]), torch.tensor(y[part]))
+    assert stats.blocks is None
+    for lam in (1e-8, 1.0, 1e6):
+        expected = kernel_ridge(h, y, lam)
+        np.testing.assert_allclose(stats.solve(lam).numpy(), expected, rtol=1e-6, atol=1e-8 * np.abs(expected).max())
+    # solve_psd on a singular full G (rank 90 of 100) at 1e-8 through the eigen fallback
+    g = torch.tensor(h.T @ h)
+    got = solve_psd(g, torch.tensor(h.T @ y), 1e-8, singular=True).numpy()
+    np.testing.assert_allclose(got, kernel_ridge(h, y, 1e-8), rtol=1e-5, atol=1e-7 * np.abs(got).max())
 
 
 def brute_force(h, y, fit_fraction=0.8):
@@ -31,49 +76,164 @@ def brute_force(h, y, fit_fraction=0.8):
     for lam in RIDGES:
         w = np.linalg.solve(h[:n].T @ h[:n] + lam * np.eye(h.shape[1]), h[:n].T @ y[:n])
         losses.append(np.mean((h[n:] @ w - y[n:]) ** 2))
-    return RIDGES[int(np.argmin(losses))], losses
+    return losses
 
 
 @pytest.mark.parametrize("n,m", [(50, 20), (30, 80)])  # primal (n > M) and kernel (n < M) forms
-def test_choose_ridge_equals_seventeen_solves(n, m):
+def test_ridge_losses_equal_seventeen_solves(n, m):
     rng = np.random.default_rng(n + m)
     w_true = rng.normal(size=(m, 4))
     h = np.maximum(rng.normal(size=(n, m)), 0)
     labels = np.argmax(h @ w_true + rng.normal(scale=2.0, size=(n, 4)), 1)
     y = np.eye(4)[labels]
-    lam, losses = choose_ridge(torch.tensor(h), torch.tensor(y))
-    lam_bf, losses_bf = brute_force(h, y)
-    assert lam == lam_bf
+    lam, losses = choose_ridge(torch.tensor(h), torch.tensor(y), rtol=0.0)
+    losses_bf = brute_force(h, y)
+    assert lam == RIDGES[int(np.argmin(losses_bf))]
     np.testing.assert_allclose(losses, losses_bf, rtol=1e-6, atol=1e-10)
 
 
-def test_accumulated_gram_equals_joint_ridge():
-    """Gram and class matrices summed over tasks give the ridge solution on all data at once."""
-    from types import SimpleNamespace
+def test_near_ties_go_to_the_larger_ridge():
+    ridges = (1e-2, 1e-1, 1.0, 10.0)
+    flat = [1.0000, 1.0000, 1.0005, 1.2]  # flat, then a 0.05% rise, then a real rise
+    assert select_ridge(flat, ridges, rtol=1e-3) == 1.0
+    assert select_ridge(flat, ridges, rtol=0.0) == 1e-1  # exact ties: still the larger one
+    assert select_ridge([3.0, 2.0, 1.0, 2.0], ridges, rtol=1e-3) == 1.0
 
-    from retaincl.methods.ranpac import RanPAC, RanPACParams
 
-    rng = np.random.default_rng(1)
-    feats = torch.tensor(rng.normal(size=(60, 5)), dtype=torch.float32)
-    labels = torch.tensor(np.repeat([0, 1, 2], 20))
-
+def fake_context(feats, num_classes):
     class FakeFeatures:
         def get(self, split):
             return feats[split.idx]
 
-    ctx = SimpleNamespace(
-        backbone=SimpleNamespace(feature_dim=5), features=FakeFeatures(), device=torch.device("cpu"),
-        seed=0, num_classes=3, scenario="class", quiet=True, eval_batch_size=8,
+    return SimpleNamespace(
+        backbone=SimpleNamespace(feature_dim=feats.shape[1]), features=FakeFeatures(), device=torch.device("cpu"),
+        seed=0, num_classes=num_classes, scenario="class", quiet=True, eval_batch_size=8,
     )
-    learner = RanPAC(RanPACParams(projection_dim=30, ridge=0.5), ctx)
-    for t, classes in enumerate([[0], [1, 2]]):
+
+
+def learn_tasks(learner, labels, task_classes):
+    for t, classes in enumerate(task_classes):
         idx = np.flatnonzero(np.isin(labels.numpy(), classes))
         split = SimpleNamespace(idx=idx, targets=labels[idx].numpy())
         task = SimpleNamespace(index=t, classes=classes, train=split, known_classes=classes[0], total_classes=classes[-1] + 1)
         learner.begin_task(task)
         learner.fit(task)
         learner.end_task(task)
-    h = F.relu(feats @ learner.w_rand).double().numpy()
-    y = np.eye(3)[labels.numpy()]
-    expected = np.linalg.solve(h.T @ h + 0.5 * np.eye(30), h.T @ y)
-    np.testing.assert_allclose(learner.weights.numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_accumulated_gram_equals_joint_ridge():
+    """G and C summed over tasks give the ridge solution on all data at once; without
+    accumulation (the ablation) they do not, and the first task's class is never predicted."""
+    rng = np.random.default_rng(1)
+    feats = torch.tensor(rng.normal(size=(60, 5)) + np.repeat(np.eye(3, 5) * 3, 20, 0), dtype=torch.float32)
+    labels = torch.tensor(np.repeat([0, 1, 2], 20))
+    results = {}
+    for accumulate in (True, False):
+        learner = RanPAC(RanPACParams(projection_dim=30, ridge=0.5, accumulate=accumulate), fake_context(feats, 3))
+        learn_tasks(learner, labels, [[0], [1, 2]])
+        h = F.relu(feats @ learner.w_rand).double().numpy()
+        expected = np.linalg.solve(h.T @ h + 0.5 * np.eye(30), h.T @ np.eye(3)[labels.numpy()])
+        results[accumulate] = (learner.weights.numpy(), expected, learner.logits_from_features(feats[:20]).argmax(1))
+    w, expected, pred_old = results[True]
+    np.testing.assert_allclose(w, expected, rtol=1e-5, atol=1e-6)
+    assert (pred_old == 0).float().mean() > 0.9
+    w, expected, pred_old = results[False]
+    assert not np.allclose(w, expected, rtol=1e-2, atol=1e-3)
+    assert (pred_old == 0).float().mean() < 0.1
+
+
+def test_random_projection_and_relu_make_xor_separable():
+    """Two classes by the sign of x1 * x2 (XOR): no linear ridge on f separates them;
+    relu(f W_rand) does. Without the projection (the ablation) accuracy is near chance."""
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-1, 1, size=(400, 2))
+    feats = torch.tensor(np.c_[x, np.ones(400)], dtype=torch.float32)
+    labels = torch.tensor((x[:, 0] * x[:, 1] > 0).astype(np.int64))
+    acc = {}
+    for rp in (True, False):
+        learner = RanPAC(RanPACParams(projection_dim=500, ridge=1.0, random_projection=rp), fake_context(feats, 2))
+        learn_tasks(learner, labels, [[0, 1]])
+        acc[rp] = float((learner.logits_from_features(feats).argmax(1) == labels).float().mean())
+        if rp:  # the logits are relu(f W_rand) W_o with an independent ridge solve
+            h = np.maximum(feats.numpy() @ learner.w_rand.numpy(), 0).astype(np.float64)
+            w = kernel_ridge(h, np.eye(2)[labels.numpy()], 1.0)
+            np.testing.assert_allclose(learner.logits_from_features(feats).numpy(), h @ w, rtol=1e-3, atol=1e-3)
+    assert acc[True] > 0.9 and acc[False] < 0.7
+
+
+def exact_correct_per_task(session, res, m):
+    """Correct counts per (step, task) of an independent float64 kernel-form ridge at the
+    run's chosen lambdas, from the cached features and W_rand drawn as RanPAC draws it."""
+    tasks = session.stream.tasks
+    d, c = session.backbone.feature_dim, session.stream.num_classes
+    w_rand = torch.randn(d, m, generator=torch.Generator().manual_seed(session.cfg.seed)).numpy()
+
+    def h(split):
+        return np.maximum(session.features.get(split).numpy() @ w_rand, 0).astype(np.float64)
+
+    h_test = [h(t.test) for t in tasks]
+    correct = np.zeros((len(tasks), len(tasks)), dtype=np.int64)
+    hs, ys = [], []
+    for i, (task, lam) in enumerate(zip(tasks, res["method_info"]["ridge_per_task"])):
+        hs.append(h(task.train))
+        ys.append(np.eye(c)[task.train.targets])
+        w = kernel_ridge(np.concatenate(hs), np.concatenate(ys), lam)[:, : task.total_classes]
+        for j in range(i + 1):
+            correct[i, j] = int(((h_test[j] @ w).argmax(1) == np.asarray(tasks[j].test.targets)).sum())
+    return correct
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [
+    # the default M = 10000, lambda chosen per task: range form throughout (N = 1438 < M / 2)
+    {"methods.ranpac.projection_dim": 10000},
+    # lambda = 1e-8, the value that broke the old solve (70.8% on 0 vs 1); M = 2000 switches
+    # to the full G at task 3 (N > M / 2), whose null space then meets lambda = 1e-8
+    {"methods.ranpac.projection_dim": 2000, "methods.ranpac.ridge": 1e-8},
+])
+def test_digits_accuracy_equals_exact_ridge_on_every_task(make_digits_config, extra):
+    cfg = make_digits_config(method=["ranpac"], **extra)
+    session = Session.create(cfg)
+    res = run_method(session, "ranpac", resume=False, progress=False)
+    expected = exact_correct_per_task(session, res, extra["methods.ranpac.projection_dim"])
+    got = np.array(res["correct_matrix"])
+    np.testing.assert_array_equal(np.tril(got), expected)
+    assert res["metrics"]["accuracy_per_step"][0] > 0.99  # 0 vs 1 is easy
+    if "methods.ranpac.ridge" not in extra:
+        assert min(res["method_info"]["ridge_per_task"]) >= 1.0  # flat small-lambda region: ties go up
+
+
+@pytest.mark.parametrize("saved", [False, True])
+def test_resume_rebuilds_or_loads_the_statistics_bit_for_bit(saved):
+    """Without checkpoint_statistics the checkpoint holds no M-sized matrix and a resume
+    rebuilds G and C from the finished tasks; either way the continuation is identical."""
+    import io
+
+    rng = np.random.default_rng(3)
+    feats = torch.tensor(rng.normal(size=(90, 6)) + np.repeat(np.eye(3, 6) * 2, 30, 0), dtype=torch.float32)
+    labels = torch.tensor(np.repeat([0, 1, 2], 30))
+    params = RanPACParams(projection_dim=100, checkpoint_statistics=saved)
+    a = RanPAC(params, fake_context(feats, 3))
+    learn_tasks(a, labels, [[0], [1]])
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    assert (buf.tell() > 100 * 60 * 8) == saved  # the basis (M x 60 float64) only when saved
+    b = RanPAC(params, fake_context(feats, 3))
+    b.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    if not saved:
+        with pytest.raises(RuntimeError, match="restore_tasks"):
+            learn_tasks(b, labels, [[2]])
+    tasks = []
+    for t, classes in enumerate([[0], [1]]):
+        idx = np.flatnonzero(np.isin(labels.numpy(), classes))
+        tasks.append(SimpleNamespace(index=t, train=SimpleNamespace(idx=idx, targets=labels[idx].numpy())))
+    b.restore_tasks(tasks)
+    assert torch.equal(b.stats.gram(), a.stats.gram()) and torch.equal(b.stats.class_matrix(), a.stats.class_matrix())
+    for learner in (a, b):
+        idx = np.flatnonzero(labels.numpy() == 2)
+        task = SimpleNamespace(index=2, classes=[2], train=SimpleNamespace(idx=idx, targets=labels[idx].numpy()),
+                               known_classes=2, total_classes=3)
+        learner.begin_task(task)
+        learner.fit(task)
+        learner.end_task(task)
+    assert torch.equal(a.weights, b.weights) and a.ridge_history == b.ridge_history

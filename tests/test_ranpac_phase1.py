@@ -43,8 +43,8 @@ def test_phase2_reads_the_adapted_features():
     learner = make_learner("ranpac_petl", num_classes=6, petl="ssf", projection_dim=64)
     learn(learner, tasks)
     gram, cls = _independent_gram(learner, tasks)
-    torch.testing.assert_close(learner.gram, gram, rtol=1e-4, atol=1e-3)
-    torch.testing.assert_close(learner.class_matrix, cls, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(learner.stats.gram(), gram, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(learner.stats.class_matrix(), cls, rtol=1e-4, atol=1e-3)
     # not the pre-trained model's features: its Gram matrix differs
     pre = learner.ctx.backbone
     x = tasks[0].train.base.images(range(4))
@@ -60,6 +60,10 @@ def test_checkpoint_round_trip_and_resume_keep_the_adapted_module():
     b.load_state_dict(a.state_dict())
     inputs = tasks[0].test.inputs()
     torch.testing.assert_close(a.predict_logits(inputs), b.predict_logits(inputs))
+    with pytest.raises(RuntimeError, match="restore_tasks"):  # G and C are not in the checkpoint
+        learn(b, tasks[1:2])
+    b.restore_tasks(tasks[:1])  # as the runner does: G and C again from the adapted features
+    torch.testing.assert_close(b.stats.gram(), a.stats.gram(), rtol=0, atol=0)
     learn(b, tasks[1:2])  # resumed: no second adaptation
     assert b.adapt_losses == a.adapt_losses
     assert all(torch.equal(v, a.backbone.state_dict()[k]) for k, v in b.backbone.state_dict().items())

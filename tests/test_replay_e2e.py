@@ -48,7 +48,7 @@ def test_every_replay_method_runs_through_retain_run(tmp_path):
         assert acc[m] > acc["finetune"] + 0.2, (m, acc)
     ckpt = load_checkpoint(next((tmp_path / "runs").glob("*/sncl/checkpoint.pt")))
     mem = ckpt["learner"]["memory_state"]
-    assert mem["kind"] == "reservoir" and {"x", "y", "task", "logits", "score", "act0", "act1"} <= set(mem["fields"])
+    assert mem["kind"] == "loss_aware_reservoir" and {"x", "y", "task", "logits", "score", "act0", "act1"} <= set(mem["fields"])
     assert len(mem["fields"]["y"]) == 40 * 5
 
 

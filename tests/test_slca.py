@@ -111,3 +111,58 @@ def test_slca_runs_through_the_runner_on_the_tiny_vit(make_digits_config):
     res = run_method(Session.create(cfg), "slca", progress=False)
     R = np.asarray(res["accuracy_matrix"])
     assert R.shape == (5, 5) and R[0, 0] > 0.9 and res["metrics"]["last_accuracy"] > 0.5
+
+
+def test_final_layernorm_is_replaced_by_a_fresh_one():
+    """Official convs/vits.py: ``del model.norm; model.norm = nn.LayerNorm(768)``."""
+    from retaincl.backbones import build_backbone
+    from retaincl.backbones.feature_cache import FeatureStore
+    from retaincl.config import BackboneConfig, method_params
+    from retaincl.methods.base import LearnerContext
+    from retaincl.methods.slca import SLCA
+
+    for fresh in (True, False):
+        bb = build_backbone(BackboneConfig(name="vit_tiny_retain", pretrained=False, image_size=16))
+        with torch.no_grad():  # stands for the pre-trained affine of the final norm
+            bb.vit.net.norm.weight.fill_(2.0)
+            bb.vit.net.norm.bias.fill_(0.5)
+        ctx = LearnerContext(backbone=bb, features=FeatureStore(bb, torch.device("cpu"), None, quiet=True),
+                             device=torch.device("cpu"), seed=0, num_classes=4, scenario="class", quiet=True)
+        norm = SLCA(method_params("slca", {"fresh_final_norm": fresh}), ctx).backbone.vit.net.norm
+        assert torch.all(norm.weight == (1.0 if fresh else 2.0)) and torch.all(norm.bias == (0.0 if fresh else 0.5))
+
+
+def test_without_alignment_the_predicting_heads_are_the_trained_ones():
+    """The ablation switch: align=false leaves the aligned copy equal to the trained heads."""
+    tasks = random_tasks()
+    learner = slca(align=False)
+    learn(learner, tasks[:2])
+    assert all(torch.equal(v, learner.head.state_dict()[k]) for k, v in learner.aligned.state_dict().items())
+
+
+@pytest.mark.parametrize("method", ["slca", "aper_adapter", "ranpac_petl"])
+def test_a_nan_loss_stops_training_with_method_task_and_step(method):
+    from retaincl.methods.base import DivergenceError
+
+    tasks = random_tasks()
+    learner = slca() if method == "slca" else make_learner(method, **({"projection_dim": 16} if "ranpac" in method else {}))
+    learner.backbone.register_forward_hook(lambda module, inputs, output: output * float("nan"))
+    learner.begin_task(tasks[0])
+    with pytest.raises(DivergenceError, match=r"task 0 at step 0"):
+        learner.fit(tasks[0])
+
+
+def test_a_nan_alignment_loss_stops_with_the_task():
+    from retaincl.methods.base import DivergenceError
+
+    tasks = random_tasks()
+    learner = slca()
+    learn(learner, tasks[:1])
+    learner.means[:2] = float("nan")
+    learner.covs[:2] = torch.eye(learner.covs.shape[1])
+    learner.begin_task(tasks[1])
+    learner.train_slow(tasks[1])
+    learner.store_statistics(tasks[1])
+    learner.aligned = learner.head
+    with pytest.raises(DivergenceError, match=r"task 1 at step 0"):
+        learner.align(1)

@@ -35,6 +35,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.append("quiet=true")
     if args.no_cache:
         overrides.append("cache.enabled=false")
+    if args.skip_bad_images:
+        overrides.append("data.skip_bad_images=true")
     if args.method:
         overrides.append(f"method=[{','.join(args.method)}]")
     cfg = load_config(path, overrides)
@@ -43,7 +45,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     say(f"retaincl: {session.stream.description}; backbone {cfg.backbone.name} ({session.device})")
     results = []
     for name in cfg.method_names:
-        res = run_method(session, name, resume=not args.fresh)
+        res = run_method(session, name, resume=not args.fresh, overwrite=args.overwrite)
+        if res.get("reused"):
+            say(f"{name}: finished earlier with this config; its results are reused (--fresh runs it again)")
         results.append(res)
         if args.matrix and not cfg.quiet:
             print(f"\n{name}: accuracy matrix R[i][j] (%), row = after task i, column = task j")
@@ -56,6 +60,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"forgetting and BWT in points.\nfeatures extracted: {stats.extracted_samples} samples "
         f"in {stats.extraction_seconds:.1f}s; read from cache: {stats.loaded_samples}."
     )
+    if session.skipped_images:
+        print(f"left out {len(session.skipped_images)} unreadable image file(s); the results list them")
     for res in results:
         print(f"results: {res['results_path']}")
     return 0
@@ -83,7 +89,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(summary_table(results))
     if args.matrix:
         for r in results:
-            print(f"\n{r['method']} ({r['stream']['description']})")
+            print(f"\n{r['method']} ({r.get('stream', {}).get('description', '?')})")
             print(matrix_table(r))
     return 0
 
@@ -102,14 +108,36 @@ def cmd_config(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="retaincl", description="Continual learning with pre-trained models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the traceback")
+    # --debug also after the subcommand; SUPPRESS keeps the subparser from resetting it to False
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="on an error, show the traceback")
     sub = parser.add_subparsers(dest="command")
+    add_parser = sub.add_parser
+
+    def add_with_common(*a, **kw):  # every subcommand takes --debug
+        kw.setdefault("parents", []).append(common)
+        return add_parser(*a, **kw)
+
+    sub.add_parser = add_with_common  # type: ignore[method-assign]
 
     run = sub.add_parser("run", help="run a config (default: the embedded mnist5k benchmark)")
     run.add_argument("config", nargs="?", help="YAML config file (default: the embedded default)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     run.add_argument("--method", action="append", help="run this method (repeatable); overrides the config's")
-    run.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
+    run.add_argument(
+        "--fresh", action="store_true",
+        help="run every method again from the start, ignoring this config's finished results and checkpoints",
+    )
+    run.add_argument(
+        "--overwrite", action="store_true",
+        help="replace results and checkpoints of another config that share this run's folder",
+    )
     run.add_argument("--no-cache", action="store_true", help="bypass the feature cache")
+    run.add_argument(
+        "--skip-bad-images", action="store_true",
+        help="image folders: leave out unreadable image files (listed in the results) instead of stopping",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--matrix", action="store_true", help="also print each method's accuracy matrix")
     run.set_defaults(func=cmd_run)
@@ -131,6 +159,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors a user causes (a config value, a file, a diverged run): one line, exit 2."""
+    from retaincl.backbones.base import BackboneError
+    from retaincl.data.sources import DataSourceError
+    from retaincl.engine.checkpoint import CheckpointError
+    from retaincl.engine.runner import RunError
+    from retaincl.evaluation.report import ReportError
+    from retaincl.methods.base import DivergenceError
+
+    return (
+        ConfigError, KeyError, FileNotFoundError, BackboneError, DataSourceError, RunError,
+        CheckpointError, ReportError, DivergenceError, FloatingPointError,  # a diverged run, however raised
+    )
+
+
+def one_line(err: BaseException) -> str:
+    msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    return " ".join(str(msg).split()) or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -142,19 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `retaincl config | head`
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep Python quiet at exit
         return 0
-    except (ConfigError, KeyError, FileNotFoundError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"retaincl: error: {msg}", file=sys.stderr)
+    except Exception as err:
+        if args.debug or not isinstance(err, user_errors()):
+            raise
+        print(f"retaincl: error: {one_line(err)} (--debug shows the traceback)", file=sys.stderr)
         return 2
-    except RuntimeError as err:
-        from retaincl.backbones.base import BackboneError
-        from retaincl.data.sources import DataSourceError
-        from retaincl.engine.runner import RunError
-
-        if isinstance(err, (BackboneError, DataSourceError, RunError)):
-            print(f"retaincl: error: {err}", file=sys.stderr)
-            return 2
-        raise
 
 
 if __name__ == "__main__":

@@ -6,6 +6,17 @@ unknown or misspelt key is a :class:`ConfigError` that names it and suggests the
 closest valid key, and a value of the wrong type or outside its allowed set names
 the key and what is allowed.
 
+Numbers are checked too, for every section and every method's ``Params`` alike
+(:func:`check_number`): NaN and infinity are refused everywhere; a field's bounds come
+from its ``doc(..., ge=, gt=, le=, lt=)``, else from its name (:data:`NAME_BOUNDS`:
+``epochs`` and ``batch_size`` >= 1, ``lr`` and ``*_lr`` > 0, ...), else a number must
+not be negative (``doc(..., any_sign=True)`` lifts that). So a method's owner gets the
+checks by naming keys the usual way.
+
+YAML is read by :class:`ConfigLoader`: ``yaml.safe_load`` plus two fixes. A key given
+twice in one mapping is an error (PyYAML keeps the last silently), and ``1e-3`` or
+``1.0e9`` are numbers (YAML 1.1, and so PyYAML, reads them as strings).
+
 Method hyperparameters live beside each method (its ``Params`` dataclass) and are
 validated by the same code, under ``methods.<name>.<key>``.
 """
@@ -14,6 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,9 +40,82 @@ class ConfigError(ValueError):
     """A config key or value is wrong; the message says which and what is allowed."""
 
 
-def doc(text: str, **kwargs: Any) -> Any:
-    """A dataclass field with a default and a documentation line."""
-    return field(metadata={"doc": text}, **kwargs)
+def doc(
+    text: str,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    any_sign: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """A dataclass field with a default and a documentation line.
+
+    ``ge``/``gt``/``le``/``lt`` bound a number (each item of a list of numbers);
+    without them the field's name decides (:data:`NAME_BOUNDS`), else it must be >= 0;
+    ``any_sign=True`` allows negative numbers."""
+    meta: dict[str, Any] = {"doc": text}
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    if bounds or any_sign:
+        meta["bounds"] = bounds
+    return field(metadata=meta, **kwargs)
+
+
+#: Bounds by key name, for fields that do not declare their own (``doc(..., ge=1)``).
+#: A name ending in ``_lr`` is a learning rate and one ending in ``_seed`` a seed.
+SEED_BOUNDS = {"ge": 0, "le": 2**63 - 1}
+NAME_BOUNDS: dict[str, dict[str, float]] = {
+    "epochs": {"ge": 1},
+    "batch_size": {"ge": 1},
+    "image_size": {"ge": 1},
+    "threads": {"ge": 1},
+    "pool_size": {"ge": 1},
+    "num_tasks": {"ge": 1},
+    "lr": {"gt": 0},
+    "ridge": {"gt": 0},
+    "temperature": {"gt": 0},
+    "seed": SEED_BOUNDS,
+}
+NON_NEGATIVE = {"ge": 0}
+
+
+def field_bounds(f: dataclasses.Field) -> dict[str, float]:
+    """The bounds that the numbers of field ``f`` must keep (see :func:`doc`)."""
+    if "bounds" in f.metadata:
+        return f.metadata["bounds"]
+    if f.name in NAME_BOUNDS:
+        return NAME_BOUNDS[f.name]
+    if f.name.endswith("_lr"):
+        return NAME_BOUNDS["lr"]
+    if f.name.endswith("_seed"):
+        return SEED_BOUNDS
+    return NON_NEGATIVE
+
+
+_BOUND_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def bounds_text(bounds: dict[str, float]) -> str:
+    return " and ".join(f"{_BOUND_TEXT[k]} {v}" for k, v in bounds.items())
+
+
+def check_number(value: Any, bounds: dict[str, float], key: str) -> None:
+    """Refuse NaN, infinity, and a number outside ``bounds`` (recursing into lists)."""
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_number(v, bounds, f"{key}[{i}]")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: {value} is not a finite number")
+    ok = {
+        "ge": lambda b: value >= b, "gt": lambda b: value > b, "le": lambda b: value <= b, "lt": lambda b: value < b,
+    }
+    for kind, bound in bounds.items():
+        if not ok[kind](bound):
+            raise ConfigError(f"{key}: {value} is out of range; it must be {bounds_text(bounds)}")
 
 
 # ----------------------------------------------------------------------------- schema
@@ -45,6 +131,11 @@ class DataConfig:
         "JSON file {folder: class name} for folder sources (default: root/class_names.json if present)",
         default=None,
     )
+    skip_bad_images: bool = doc(
+        "image folders: leave out files that cannot be read as images (each is decoded once "
+        "on load and listed in the results) instead of stopping with an error naming the first",
+        default=False,
+    )
 
 
 @dataclass
@@ -52,8 +143,8 @@ class ScenarioConfig:
     kind: Literal["class", "domain", "task"] = doc(
         "class-, domain- or task-incremental", default="class"
     )
-    base: int = doc("classes in the first task (B in B{base}-Inc{step})", default=2)
-    increment: int = doc("classes in each later task (Inc in B{base}-Inc{step})", default=2)
+    base: int = doc("classes in the first task (B in B{base}-Inc{step})", default=2, ge=1)
+    increment: int = doc("classes in each later task (Inc in B{base}-Inc{step})", default=2, ge=1)
     class_order: list[int] | None = doc(
         "explicit class order; null = sorted when order_seed is null, else shuffled", default=None
     )
@@ -67,7 +158,9 @@ class ScenarioConfig:
     )
     num_tasks: int = doc("number of domains for permuted/rotated streams", default=5)
     domain_seed: int = doc("seed of the permutations/rotation angles", default=0)
-    max_rotation: float = doc("rotated streams: task t is rotated by t/(T-1)*max_rotation degrees", default=180.0)
+    max_rotation: float = doc(
+        "rotated streams: task t is rotated by t/(T-1)*max_rotation degrees", default=180.0, any_sign=True
+    )
 
 
 @dataclass
@@ -158,6 +251,14 @@ class ExperimentConfig:
     def method_names(self) -> list[str]:
         return [self.method] if isinstance(self.method, str) else list(self.method)
 
+    def validate(self) -> None:
+        names = self.method_names
+        if not names:
+            raise ConfigError("method: the list is empty; name at least one method (see `retaincl list`)")
+        for name in names:
+            if names.count(name) > 1:
+                raise ConfigError(f"method: {name!r} is listed twice; each method runs once per config")
+
 
 # ----------------------------------------------------------------------------- parsing
 
@@ -221,7 +322,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:
+                raise ConfigError(f"{key}: {value} is too large for a number") from None
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -247,7 +351,9 @@ def build(cls: type, values: dict[str, Any] | None, prefix: str = "") -> Any:
             raise unknown_key_error(str(key), list(fields), prefix)
     kwargs = {}
     for name, value in values.items():
-        kwargs[name] = _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name)
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key)
+        check_number(kwargs[name], field_bounds(fields[name]), key)
     obj = cls(**kwargs)
     check = getattr(obj, "validate", None)
     if check is not None:
@@ -266,6 +372,50 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, with duplicate keys refused and exponents read as numbers."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # keys merged in with << may be overridden; only own keys must be unique
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+            if first is not key_node.start_mark:
+                raise yaml.constructor.ConstructorError(
+                    None, None,
+                    f"the key {key!r} appears twice in one mapping (first on line {first.line + 1}); keep one",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 wants a dot and a signed exponent (1.0e+9); 1e-3, 1.0e9 and 1E3 are numbers too.
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def yaml_error_line(err: yaml.YAMLError) -> str:
+    """One line from a PyYAML error: the problem and where it is."""
+    if isinstance(err, yaml.MarkedYAMLError):
+        mark = err.problem_mark or err.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        return f"{err.problem or err.context}{where}"
+    return " ".join(str(err).split())
+
+
+def load_yaml_text(text: str) -> Any:
+    """Parse YAML text with :class:`ConfigLoader` (safe: no Python objects)."""
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b=value`` -> (["a", "b"], value parsed as YAML, so 3 is int and [1,2] a list)."""
     if "=" not in text:
@@ -275,9 +425,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"--set {text!r}: the key is empty")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml_text(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
-        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({err})") from err
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({yaml_error_line(err)})") from err
     return key.split("."), value
 
 
@@ -298,9 +448,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml_text(path.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from err
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {yaml_error_line(err)}") from err
+    except (UnicodeDecodeError, OSError) as err:
+        raise ConfigError(f"config file {str(path)!r} cannot be read as text ({err})") from err
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -342,6 +494,12 @@ def method_params(name: str, values: dict[str, Any] | None) -> Any:
     return build(cls.Params, values or {}, prefix=f"methods.{name}")
 
 
+def _numeric(tp: Any) -> bool:
+    if tp in (int, float):
+        return True
+    return any(_numeric(a) for a in typing.get_args(tp))
+
+
 def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
     """(key, type, default, doc) rows of a schema, nested sections flattened."""
     rows = []
@@ -355,5 +513,7 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None
         )
-        rows.append((key, _type_name(tp), default, f.metadata.get("doc", "")))
+        text = f.metadata.get("doc", "")
+        bounds = field_bounds(f) if _numeric(tp) else {}
+        rows.append((key, _type_name(tp), default, f"{text} [{bounds_text(bounds)}]" if bounds else text))
     return rows

@@ -21,7 +21,15 @@ from typing import Any
 from retaincl.config import ConfigError, to_dict
 
 RESULTS_FILE = "anomaly_results.json"
-LABELS = {"memae": "MemAE", "ae": "AE", "memae_nonsparse": "MemAE-nonSpar"}
+LABELS = {
+    "memae": "MemAE",
+    "memae_no_shrink": "MemAE w/o shrinkage",
+    "memae_no_entropy": "MemAE w/o entropy loss",
+    "memae_nonsparse": "MemAE-nonSpar",
+    "ae": "AE",
+    "pca": "PCA",
+    "class_mean": "class mean",
+}
 
 
 def add_subparsers(sub: argparse._SubParsersAction) -> None:
@@ -49,6 +57,7 @@ def cmd_anomaly(args: argparse.Namespace) -> int:
     from retaincl.anomaly.config import AnomalyConfig, load_anomaly_config
     from retaincl.backbones.base import BackboneError
     from retaincl.data.sources import DataSourceError
+    from retaincl.methods.base import DivergenceError
 
     if args.keys:
         from retaincl.config import describe
@@ -60,7 +69,7 @@ def cmd_anomaly(args: argparse.Namespace) -> int:
         overrides = list(args.set or []) + (["quiet=true"] if args.quiet else [])
         cfg = load_anomaly_config(args.config, overrides)
         results = run_anomaly(cfg)
-    except (ConfigError, ValueError, KeyError, FileNotFoundError, BackboneError, DataSourceError) as err:
+    except (ConfigError, ValueError, KeyError, FileNotFoundError, BackboneError, DataSourceError, DivergenceError) as err:
         return _fail(err.args[0] if isinstance(err, KeyError) and err.args else err)
     print(format_results(results))
     print(f"results: {results['results_path']}")
@@ -130,7 +139,14 @@ def format_results(res: dict[str, Any]) -> str:
         header = ["model", *classes, "mean", "train s"]
         rows = [[LABELS[v], *[_auc(m["auc"][k]) for k in classes], _auc(m["mean_auc"]), f"{m['train_seconds']:.0f}"] for v, m in models.items()]
         note = f"ROC AUC per normal class ({res['input']}, {res['data']}); anomalies = the test samples of every other class."
-        return note + "\n" + format_table(header, rows)
+        text = note + "\n" + format_table(header, rows)
+        chosen = [f"{LABELS[v]}: {s['chosen']} (mean validation AUC {s['chosen_mean_val_auc']:.4f})" for v, s in res.get("selection", {}).items()]
+        if chosen:
+            text += "\n\nchosen on the validation split of the training data:\n" + "\n".join(chosen)
+        sparse = [(v, m) for v, m in models.items() if m.get("addressing")]
+        if sparse:
+            text += "\n\n" + format_sparsity(classes, sparse)
+        return text
     T = len(res["stream"]["tasks"])
     header = ["model", *[f"after T{t + 1}" for t in range(T)], "mean", "train s"]
     rows = [[LABELS[v], *[_auc(a) for a in m["novelty_auc"]], _auc(m["mean_novelty_auc"]), f"{m['train_seconds']:.0f}"] for v, m in models.items()]
@@ -146,6 +162,21 @@ def format_results(res: dict[str, Any]) -> str:
             [[str(i + 1), *[_pct(v) for v in row]] for i, row in enumerate(R)],
         )
     return text
+
+
+def format_sparsity(classes: list[str], models: list[tuple[str, dict[str, Any]]]) -> str:
+    """Per normal class: non-zero addressing weights per query and entropy, normal test samples."""
+    from retaincl.evaluation.report import format_table
+
+    header = ["model", "statistic", *classes, "mean"]
+    rows = []
+    for v, m in models:
+        for stat, fmt in (("nonzero", "{:.1f}"), ("above_uniform", "{:.1f}"), ("entropy", "{:.2f}"), ("empty", "{:.2f}")):
+            vals = [m["addressing"][k]["normal"][stat] for k in classes]
+            rows.append([LABELS[v], stat, *[fmt.format(x) for x in vals], fmt.format(sum(vals) / len(vals))])
+    n = models[0][1]["addressing"][classes[0]]["normal"]["memory_size"]
+    return (f"addressing of normal test samples, mean per query (N = {n}; uniform entropy = log N = "
+            f"{models[0][1]['addressing'][classes[0]]['normal']['uniform_entropy']:.2f})\n" + format_table(header, rows))
 
 
 def cmd_score(args: argparse.Namespace) -> int:

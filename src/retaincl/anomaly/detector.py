@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retaincl.anomaly.config import ModelConfig, TrainConfig
+from retaincl.anomaly.config import VARIANT_PARTS, ModelConfig, TrainConfig
 from retaincl.anomaly.model import MemAE, conv_autoencoder, mlp_autoencoder
 from retaincl.anomaly.train import reconstruction_errors, train_model
 
-FORMAT = "retaincl.anomaly/1"
+FORMAT = "retaincl.anomaly/2"  # /2: spec with kernels, layout, similarity, input_range
 
 
 class DetectorError(RuntimeError):
@@ -41,41 +41,46 @@ class DetectorSpec:
     """Everything that rebuilds a detector's network and input pipeline (saved as JSON)."""
 
     input: str  # "images" | "features"
-    variant: str  # "memae" | "ae" | "memae_nonsparse"
+    variant: str  # one of NEURAL_VARIANTS
     memory_size: int  # 0: plain autoencoder
     shrink_threshold: float
     entropy_weight: float
     in_channels: int  # of the source images (1 for MNIST)
     image_size: int  # side of the source images
     channels: list[int] = field(default_factory=list)
+    kernels: list[int] | None = None
+    layout: str = "position"
+    similarity: str = "dot"
+    temperature: float = 1.0
+    input_range: str = "signed"
     in_dim: int = 0
     hidden: list[int] = field(default_factory=list)
     code_dim: int = 0
     backbone: dict[str, Any] | None = None
     normal_classes: list[int] = field(default_factory=list)
-    addressing: str = "position"
 
 
 def variant_spec(
     variant: str, cfg: ModelConfig, input_kind: str, in_channels: int, image_size: int, in_dim: int = 0,
     backbone: dict[str, Any] | None = None, normal_classes: Sequence[int] = (),
 ) -> DetectorSpec:
-    """The spec of one variant: MemAE as configured, the AE (memory off) or MemAE-nonSpar."""
-    n = cfg.memory_size
-    lam = 1.0 / n if cfg.shrink_threshold is None else cfg.shrink_threshold
-    memory, alpha = {"memae": (n, cfg.entropy_weight), "ae": (0, 0.0), "memae_nonsparse": (n, 0.0)}[variant]
-    if variant != "memae":
-        lam = 0.0
+    """The spec of one variant: the configured MemAE with the parts it switches off
+    (:data:`~retaincl.anomaly.config.VARIANT_PARTS`) set to zero."""
+    if variant not in VARIANT_PARTS:
+        raise ValueError(f"{variant!r} is not an autoencoder variant ({', '.join(VARIANT_PARTS)})")
+    memory, shrink, entropy = VARIANT_PARTS[variant]
     return DetectorSpec(
-        input=input_kind, variant=variant, memory_size=memory, shrink_threshold=lam, entropy_weight=alpha,
-        in_channels=in_channels, image_size=image_size, channels=list(cfg.channels), in_dim=in_dim,
-        hidden=list(cfg.hidden), code_dim=cfg.code_dim, backbone=backbone, normal_classes=list(normal_classes),
-        addressing=cfg.addressing,
+        input=input_kind, variant=variant, memory_size=cfg.memory_size if memory else 0,
+        shrink_threshold=cfg.threshold() if shrink else 0.0, entropy_weight=cfg.entropy_weight if entropy else 0.0,
+        in_channels=in_channels, image_size=image_size, channels=list(cfg.channels),
+        kernels=None if cfg.kernels is None else list(cfg.kernels), layout=cfg.layout, similarity=cfg.similarity,
+        temperature=cfg.temperature, input_range=cfg.input_range, in_dim=in_dim, hidden=list(cfg.hidden),
+        code_dim=cfg.code_dim, backbone=backbone, normal_classes=list(normal_classes),
     )
 
 
 class Detector(nn.Module):
-    """MemAE/AE with input standardisation (features) and scoring helpers."""
+    """MemAE/AE with its input scaling (images to [-1, 1]; features standardised) and scoring."""
 
     def __init__(self, spec: DetectorSpec, seed: int = 0) -> None:
         super().__init__()
@@ -94,15 +99,17 @@ class Detector(nn.Module):
         lam = spec.shrink_threshold
         if spec.input == "images":
             return conv_autoencoder(
-                spec.in_channels, spec.image_size, spec.channels, spec.memory_size, lam, spec.addressing
+                spec.in_channels, spec.image_size, spec.channels, spec.memory_size, lam, spec.layout,
+                spec.kernels, spec.similarity, spec.temperature,
             )
-        return mlp_autoencoder(spec.in_dim, spec.hidden, spec.code_dim, spec.memory_size, lam)
+        return mlp_autoencoder(spec.in_dim, spec.hidden, spec.code_dim, spec.memory_size, lam, spec.similarity, spec.temperature)
 
     # ------------------------------------------------------------------ training and scores
 
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's input: images in [0, 1] scaled as ``input_range`` says, features standardised."""
         if self.spec.input != "features":
-            return x
+            return x * 2.0 - 1.0 if self.spec.input_range == "signed" else x
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
     def fit(
@@ -123,6 +130,18 @@ class Detector(nn.Module):
         """Anomaly scores of inputs in the model's own space (images, or backbone features)."""
         device = device or torch.device("cpu")
         return reconstruction_errors(self.model, self.standardize(inputs), batch_size, device).numpy()
+
+    @torch.no_grad()
+    def addressing(self, inputs: torch.Tensor, batch_size: int = 256, device: torch.device | None = None) -> torch.Tensor:
+        """Addressing weights ``w_hat`` of every query of ``inputs`` (``queries x N``, CPU), model
+        in eval mode; per-position layout: ``H*W`` queries per input, in input order."""
+        if self.model.memory is None:
+            raise DetectorError(f"the {self.spec.variant} detector has no memory to address")
+        device = device or torch.device("cpu")
+        self.model.to(device).eval()
+        x = self.standardize(inputs)
+        parts = [self.model(x[i : i + batch_size].to(device))[1].cpu() for i in range(0, len(x), batch_size)]
+        return torch.cat(parts)
 
     # ------------------------------------------------------------------ new images
 
@@ -195,7 +214,10 @@ def load_detector(path: str | Path) -> Detector:
     except Exception as err:  # noqa: BLE001 - any unreadable file
         raise DetectorError(f"{str(path)!r} is not a safetensors file ({err})") from err
     if meta.get("format") != FORMAT:
-        raise DetectorError(f"{str(path)!r} is not a retaincl anomaly detector (format {meta.get('format')!r})")
+        raise DetectorError(
+            f"{str(path)!r} is not a retaincl anomaly detector of format {FORMAT!r} (found {meta.get('format')!r}); "
+            "train it again with `retaincl anomaly`"
+        )
     spec = DetectorSpec(**json.loads(meta["spec"]))
     det = Detector(spec)
     det.load_state_dict(tensors)

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+import retaincl.anomaly.sources  # noqa: F401  (registers cifar10)
 from retaincl.anomaly.config import AnomalyConfig
 from retaincl.backbones import Backbone, build_backbone
 from retaincl.backbones.feature_cache import FeatureStore

@@ -8,13 +8,20 @@ with ``R`` the squared reconstruction error and ``E`` the entropy of the address
 weights (eq. 9). The anomaly score of a test sample is its reconstruction error
 (Sec. 3.5; the memory is fixed at test time).
 
-Choices: ``R`` is the *mean* of the squared errors over the elements of a sample (the
-paper writes the squared L2 norm, i.e. the sum); the two rank samples identically, so
-AUCs do not change, but the mean keeps ``alpha = 0.0002`` meaningful across input sizes
-(784 pixels vs 1280 features). Where the memory addresses every spatial position, ``E``
-is the mean entropy over the positions of a sample. Optimiser: Adam (the paper's choice;
-its learning rate is not given for images). A final training batch of a single sample
-is skipped, since batch norm cannot train on one sample.
+Choices, from the official code (``script_training.py``): ``R`` is ``nn.MSELoss()``, the
+*mean* of the squared errors over all elements of the batch (the paper writes the squared
+L2 norm, i.e. the sum; per sample the two rank identically, but the weight alpha =
+0.0002 is relative to the mean); ``E`` is averaged over all queries of the batch
+(``EntropyLossEncap``: every spatial position is a query in the per-position layout);
+Adam without weight decay. Batches are drawn without replacement in a random order
+each epoch (``DataLoader(shuffle=True)``) from a generator seeded with ``seed``; a last
+batch of one sample is skipped, since batch norm cannot train on one sample.
+
+The anomaly score is the mean squared reconstruction error per sample, in the model's
+input space (Sec. 3.5, "the reconstruction error"; the official video test script uses
+the mean over pixels of the per-pixel L2 norm across channels, which for one-channel
+images is the mean absolute error: a monotone change per pixel, not per sample, so AUCs
+may differ slightly; not offered).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import torch
 from torch import nn
 
 from retaincl.anomaly.memory import addressing_entropy
+from retaincl.methods.base import DivergenceError
 
 
 def per_sample_error(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
@@ -62,6 +70,7 @@ def train_model(
     gen = torch.Generator().manual_seed(seed)
     epochs_iter = range(epochs) if progress is None else progress(range(epochs), "epochs")
     history: list[float] = []
+    step = 0
     for _ in epochs_iter:
         order = torch.randperm(len(inputs), generator=gen)
         total, count = 0.0, 0
@@ -72,6 +81,12 @@ def train_model(
             x = inputs[idx].to(device)
             x_hat, weights = model(x)
             loss = memae_loss(x, x_hat, weights, entropy_weight)
+            if not bool(torch.isfinite(loss.detach())):
+                raise DivergenceError(
+                    f"anomaly model: the training loss became {loss.item()} at step {step}; the run diverged. "
+                    "Lower train.lr and run again"
+                )
+            step += 1
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

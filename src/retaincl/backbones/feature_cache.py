@@ -6,6 +6,10 @@ the backbone identity (class, name, weights digest, image size, mean, std), the 
 set (name, split, content fingerprint) and the shift. An entry is a ``.npy`` file plus
 a ``.json`` that holds its sha256, shape and key; the JSON is written last and both are
 written atomically, so a partial or corrupt entry fails the check and is rebuilt.
+
+The cache only ever saves time: a folder that cannot be created or written, or a disk
+that fills up while saving, turns the cache off for the rest of the run with a warning
+(``disabled_reason``, recorded in the results) and features are computed in memory.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import hashlib
 import io
 import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +30,7 @@ from tqdm.auto import tqdm
 from retaincl.backbones.base import Backbone
 from retaincl.data.images import ImageSet, InputsOnly, SplitUnion, TaskSplit
 from retaincl.data.shifts import DomainShift, Identity
-from retaincl.engine.files import atomic_write_bytes, atomic_write_text
+from retaincl.engine.files import atomic_write_bytes, atomic_write_text, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +61,28 @@ class FeatureStore:
         self.batch_size = batch_size
         self.quiet = quiet
         self.stats = CacheStats()
+        self.disabled_reason: str | None = None
         self._memory: dict[str, torch.Tensor] = {}
+        if self.cache_dir is not None:
+            self._check_writable()
+
+    def _check_writable(self) -> None:
+        assert self.cache_dir is not None
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=self.cache_dir, prefix=".probe.", suffix=".tmp")  # noqa: SIM115
+            probe.write(b"x")
+            probe.close()
+        except OSError as err:
+            self._disable(err)
+            return
+        remove_stale_temp_files(self.cache_dir)  # entries whose writing was interrupted
+
+    def _disable(self, err: OSError) -> None:
+        """Go on without the disk cache: it saves time, it must not stop a run."""
+        self.disabled_reason = f"{self.cache_dir}: {err.strerror or err} ({type(err).__name__})"
+        log.warning("feature cache turned off for this run: %s; features are computed in memory", self.disabled_reason)
+        self.cache_dir = None
 
     def key(self, images: ImageSet, shift: DomainShift) -> str:
         spec = {
@@ -82,7 +108,10 @@ class FeatureStore:
         if feats is None:
             feats = self._extract(images, shift)
             if self.cache_dir:
-                self._save(key, feats, images, shift)
+                try:
+                    self._save(key, feats, images, shift)
+                except OSError as err:  # full disk, read-only mount, quota, ...
+                    self._disable(err)
         self._memory[key] = feats
         return feats
 

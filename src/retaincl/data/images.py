@@ -13,12 +13,84 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from retaincl.data.shifts import DomainShift, Identity
+
+
+class DataSourceError(RuntimeError):
+    """A data source cannot be loaded; the message says what is missing and where."""
+
+
+SKIP_HINT = "fix or remove it, or pass --skip-bad-images (data.skip_bad_images=true) to leave unreadable images out"
+
+
+def to_rgb(img: Any, path: Path) -> Any:
+    """A PIL image as 8-bit RGB. 16-bit grayscale (``I;16*``, and ``I`` from a PNG, whose
+    samples are at most 16 bits) is scaled by 255/65535 and rounded, where PIL's own RGB
+    conversion would clip every value above 255 to white. Other modes PIL converts
+    exactly (palette, 1-bit, grayscale, CMYK; alpha is dropped); 32-bit integer and
+    float images have no known range and are refused."""
+    from PIL import Image
+
+    mode = img.mode
+    if mode.startswith("I;16") or (mode == "I" and img.format == "PNG"):
+        arr = np.asarray(img).astype(np.float64)
+        img = Image.fromarray(np.clip(np.round(arr * (255.0 / 65535.0)), 0, 255).astype(np.uint8), "L")
+    elif mode in ("I", "F"):
+        raise DataSourceError(
+            f"image {path} holds {'32-bit integer' if mode == 'I' else 'floating-point'} pixels "
+            f"(PIL mode {mode}) with no known range; save it with 8 or 16 bits per channel"
+        )
+    return img.convert("RGB")
+
+
+def check_image_file(path: Path, decode: bool) -> str | None:
+    """Why ``path`` is not a readable image (None when it is). A FIFO, device, socket or
+    folder is never opened. Without ``decode`` only the header is read (PIL identifies
+    the format and size); with it the pixels are decoded too, which finds truncated or
+    corrupt data."""
+    import stat
+
+    from PIL import Image
+
+    try:
+        st = path.stat()
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file (a FIFO, device or socket)"
+        return f"is {kind}"
+    if st.st_size == 0:
+        return "is empty (0 bytes)"
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if w < 1 or h < 1:
+                return f"has no pixels ({w}x{h})"
+            if decode:
+                to_rgb(img, path).load()
+    except DataSourceError as err:
+        return str(err).removeprefix(f"image {path} ")
+    except Exception as err:  # noqa: BLE001 - PIL raises many kinds for bad data
+        return f"is not a readable image ({type(err).__name__}: {' '.join(str(err).split())})"
+    return None
+
+
+def file_digest(path: Path, chunk: int = 1 << 20) -> bytes:
+    """sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+    except OSError as err:
+        raise DataSourceError(f"image {path} cannot be read ({err.strerror or err}); {SKIP_HINT}") from err
+    return h.digest()
 
 
 class ImageSet(Dataset):
@@ -109,11 +181,23 @@ class FolderImageSet(ImageSet):
     def image(self, index: int) -> torch.Tensor:
         """The image resized so that its shorter side is ``image_size`` (bicubic, as
         torchvision's ``Resize``), then centre-cropped to a square: the aspect ratio is
-        kept, and a later ``Resize(image_size) + CenterCrop`` equals the official pipelines'."""
+        kept, and a later ``Resize(image_size) + CenterCrop`` equals the official pipelines'.
+        A file that cannot be decoded is a :class:`DataSourceError` naming it."""
+        path = self.paths[index]
+        try:
+            return self._read(path)
+        except DataSourceError:
+            raise
+        except Exception as err:  # noqa: BLE001 - PIL raises many kinds for bad data
+            raise DataSourceError(
+                f"image {path} cannot be read ({type(err).__name__}: {' '.join(str(err).split())}); {SKIP_HINT}"
+            ) from err
+
+    def _read(self, path: Path) -> torch.Tensor:
         from PIL import Image
 
-        with Image.open(self.paths[index]) as img:
-            img = img.convert("RGB")
+        with Image.open(path) as img:
+            img = to_rgb(img, path)
             w, h = img.size
             s = self.image_size
             scale = s / min(w, h)
@@ -125,12 +209,17 @@ class FolderImageSet(ImageSet):
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
     def fingerprint(self) -> str:
+        """A hash of every file's bytes (with the labels, the order and the image size), not
+        of paths, sizes or times: a file replaced by another of the same size with its
+        modification time kept (``cp -p``, ``rsync -a``, tar) changes it, and a folder
+        moved or copied elsewhere keeps it. Reading the bytes costs one pass over the
+        folder per run (sha256, hundreds of MB/s), far less than extracting features."""
         if self._fingerprint is None:
             h = hashlib.sha256()
-            h.update(str(self.image_size).encode())
+            h.update(f"folder-bytes-v2|{self.image_size}|{len(self.paths)}".encode())
             for p, y in zip(self.paths, self.targets):
-                st = p.stat()
-                h.update(f"{p}|{st.st_size}|{int(st.st_mtime)}|{y}".encode())
+                h.update(file_digest(p))
+                h.update(f"|{int(y)}|".encode())
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 

@@ -10,6 +10,15 @@
 - ``domain_folder``: ``root/<domain>/{train,test}/<class>/*`` (DomainNet, CORe50, ...),
   the domain label of each sample drives domain-incremental streams.
 
+Folders are read strictly: every class folder must be in both ``train/`` and ``test/``
+(of every domain) and hold at least one image there; a file with an image suffix that
+is not a readable image (empty, not an image, a FIFO or device, a dangling link) is an
+error naming it, found when the folder is scanned (headers only) or, for data
+corrupt past the header, when the image is decoded. With ``data.skip_bad_images`` every
+image is decoded once on load and the unreadable ones are left out and listed in
+``SourceData.skipped_images`` (and the results). Names starting with a dot
+(``.ipynb_checkpoints``, ``._x.jpg``) are neither classes nor images.
+
 Class names (what text encoders such as CLIP read): the digit words ``zero`` ..
 ``nine`` for mnist5k and digits; torchvision's names for cifar100; the folder names for
 folders, mapped through a JSON file ``{"<folder>": "<name>"}`` when ``data.class_names``
@@ -18,32 +27,42 @@ names one or ``root/class_names.json`` exists (ImageNet-R's WordNet-id folders).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from retaincl.config import DataConfig
-from retaincl.data.images import ArrayImageSet, FolderImageSet, ImageSet
+from retaincl.data.images import (
+    SKIP_HINT,
+    ArrayImageSet,
+    DataSourceError,
+    FolderImageSet,
+    ImageSet,
+    check_image_file,
+)
 from retaincl.registry import DATA_SOURCES, register_data_source
 
 #: class names of the digit sources: the words, as captions and prompts name digits.
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+__all__ = ["DataSourceError", "SourceData", "load_source", "per_class_split"]
+
+log = logging.getLogger(__name__)
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-class DataSourceError(RuntimeError):
-    """A data source cannot be loaded; the message says what is missing and where."""
 
 
 @dataclass
 class SourceData:
-    """Both splits of a data source and its class names."""
+    """Both splits of a data source and its class names (and the image files left out)."""
 
     name: str
     train: ImageSet
     test: ImageSet
     class_names: list[str]
+    skipped_images: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -121,23 +140,70 @@ def cifar100(cfg: DataConfig) -> SourceData:
     )
 
 
-def _scan_classes(folder: Path, classes: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
+def _visible(p: Path) -> bool:
+    return not p.name.startswith(".")
+
+
+def _class_folders(folder: Path) -> list[str]:
     if not folder.is_dir():
         raise DataSourceError(f"expected a folder of class folders at {folder}, found none")
-    names = classes or sorted(p.name for p in folder.iterdir() if p.is_dir())
+    names = sorted(p.name for p in folder.iterdir() if _visible(p) and p.is_dir())
     if not names:
         raise DataSourceError(f"{folder} holds no class folders")
+    return names
+
+
+def _same_classes(a: Path, a_names: list[str], b: Path, b_names: list[str]) -> None:
+    """Both splits must have the same class folders: name the ones in only one of them."""
+    for here, there, there_names, here_names in ((a, b, b_names, a_names), (b, a, a_names, b_names)):
+        only = sorted(set(here_names) - set(there_names))
+        if only:
+            shown = ", ".join(map(repr, only[:5])) + (f" and {len(only) - 5} more" if len(only) > 5 else "")
+            raise DataSourceError(
+                f"class folder(s) {shown} are in {here} but not in {there}; every class needs both "
+                f"training and test images (add them, or remove the folder)"
+            )
+
+
+def _scan_classes(
+    folder: Path, names: list[str], skip_bad: bool, skipped: list[dict[str, str]]
+) -> tuple[list[Path], list[int]]:
+    """Image files of each class folder of ``names`` under ``folder``, in label order.
+
+    Every entry with an image suffix is checked (:func:`check_image_file`); a bad one is
+    an error naming it, or, with ``skip_bad``, left out and added to ``skipped``."""
     paths, labels = [], []
     for label, name in enumerate(names):
         cdir = folder / name
         if not cdir.is_dir():
-            continue
-        files = sorted(p for p in cdir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        paths += files
-        labels += [label] * len(files)
-    if not paths:
-        raise DataSourceError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
-    return paths, labels, names
+            raise DataSourceError(f"class folder {str(name)!r} is missing from {folder}")
+        good = []
+        for p in sorted(cdir.rglob("*")):
+            if p.suffix.lower() not in IMAGE_SUFFIXES or any(part.startswith(".") for part in p.relative_to(cdir).parts):
+                continue
+            why = check_image_file(p, decode=skip_bad)
+            if why is None:
+                good.append(p)
+            elif skip_bad:
+                skipped.append({"path": str(p), "reason": why})
+            else:
+                raise DataSourceError(f"image {p} {why}; {SKIP_HINT}")
+        if not good:
+            raise DataSourceError(
+                f"class folder {cdir} holds no readable images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                f"add some, or remove the folder from every split"
+            )
+        paths += good
+        labels += [label] * len(good)
+    return paths, labels
+
+
+def _report_skipped(skipped: list[dict[str, str]], where: Path) -> None:
+    if skipped:
+        log.warning(
+            "left out %d unreadable image file(s) under %s (data.skip_bad_images); the results list them",
+            len(skipped), where,
+        )
 
 
 def readable_names(cfg: DataConfig, root: Path, folders: list[str]) -> list[str]:
@@ -172,14 +238,19 @@ def _root(cfg: DataConfig, source: str, layout: str) -> Path:
 def image_folder(cfg: DataConfig) -> SourceData:
     """``root/train/<class>/*.jpg`` and ``root/test/<class>/*.jpg``; classes sorted by name."""
     root = _root(cfg, "image_folder", "root/train/<class>/* and root/test/<class>/*")
-    tr_paths, tr_y, names = _scan_classes(root / "train")
-    te_paths, te_y, _ = _scan_classes(root / "test", names)
+    names = _class_folders(root / "train")
+    _same_classes(root / "train", names, root / "test", _class_folders(root / "test"))
+    skipped: list[dict[str, str]] = []
+    tr_paths, tr_y = _scan_classes(root / "train", names, cfg.skip_bad_images, skipped)
+    te_paths, te_y = _scan_classes(root / "test", names, cfg.skip_bad_images, skipped)
+    _report_skipped(skipped, root)
     name = f"image_folder:{root.name}"
     return SourceData(
         name,
         FolderImageSet(name, "train", tr_paths, np.asarray(tr_y), cfg.image_size),
         FolderImageSet(name, "test", te_paths, np.asarray(te_y), cfg.image_size),
         readable_names(cfg, root, names),
+        skipped,
     )
 
 
@@ -187,22 +258,28 @@ def image_folder(cfg: DataConfig) -> SourceData:
 def domain_folder(cfg: DataConfig) -> SourceData:
     """``root/<domain>/{train,test}/<class>/*``; domains sorted by name, shared class list."""
     root = _root(cfg, "domain_folder", "root/<domain>/train/<class>/* and root/<domain>/test/<class>/*")
-    domains = sorted(p.name for p in root.iterdir() if p.is_dir())
+    domains = sorted(p.name for p in root.iterdir() if _visible(p) and p.is_dir())
     if not domains:
         raise DataSourceError(f"{root} holds no domain folders")
-    names = sorted({p.name for d in domains for p in (root / d / "train").iterdir() if p.is_dir()})
+    first = root / domains[0] / "train"
+    names = _class_folders(first)
+    for d in domains:
+        for split in ("train", "test"):
+            _same_classes(first, names, root / d / split, _class_folders(root / d / split))
+    skipped: list[dict[str, str]] = []
     splits = {}
     for split in ("train", "test"):
         paths, ys, ds = [], [], []
         for di, d in enumerate(domains):
-            p, y, _ = _scan_classes(root / d / split, names)
+            p, y = _scan_classes(root / d / split, names, cfg.skip_bad_images, skipped)
             paths += p
             ys += y
             ds += [di] * len(p)
         s = FolderImageSet(f"domain_folder:{root.name}", split, paths, np.asarray(ys), cfg.image_size, np.asarray(ds))
         s.domain_names = domains
         splits[split] = s
-    return SourceData(f"domain_folder:{root.name}", splits["train"], splits["test"], readable_names(cfg, root, names))
+    _report_skipped(skipped, root)
+    return SourceData(f"domain_folder:{root.name}", splits["train"], splits["test"], readable_names(cfg, root, names), skipped)
 
 
 def load_source(cfg: DataConfig) -> SourceData:

@@ -11,6 +11,10 @@ import torch
 from retaincl.engine.files import atomic_write_bytes
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint file cannot be read; the message names it and what to do."""
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -22,7 +26,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(Path(path), map_location="cpu", weights_only=True)
     except Exception as err:
-        raise RuntimeError(
-            f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}: {err}); "
-            f"delete it or pass --fresh to start the run over"
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} cannot be read: it is damaged, incomplete or not a retaincl checkpoint "
+            f"({type(err).__name__}); delete it or pass --fresh to start the run over"
         ) from err

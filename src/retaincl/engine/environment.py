@@ -13,16 +13,26 @@ from typing import Any
 import numpy as np
 import torch
 
+from retaincl.config import ConfigError
+
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device named by the config's ``device``; a :class:`ConfigError` when
+    there is no such device here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name!r} but CUDA is not available here; use device=cpu or auto")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as err:
-        raise RuntimeError(f"device={name!r} is not a device (use cpu, cuda, cuda:N or auto)") from err
+        raise ConfigError(f"device={name!r} is not a device (use cpu, cuda, cuda:N or auto)") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name!r} but CUDA is not available here; use device=cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type not in ("cpu", "mps"):
+        raise ConfigError(f"device={name!r} is not supported (use cpu, cuda, cuda:N or auto)")
+    return device
 
 
 def seed_everything(seed: int) -> None:

@@ -10,9 +10,8 @@ resolved config go into one results JSON.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from retaincl.backbones import Backbone, build_backbone
 from retaincl.backbones.feature_cache import FeatureStore
 from retaincl.config import ExperimentConfig, method_params, to_dict
 from retaincl.data import Stream, Task, build_stream, load_source
-from retaincl.engine.checkpoint import load_checkpoint, save_checkpoint
+from retaincl.engine.checkpoint import save_checkpoint
 from retaincl.engine.environment import (
     environment,
     peak_memory_mb,
@@ -35,16 +34,13 @@ from retaincl.engine.environment import (
     seed_everything,
     set_rng_state,
 )
-from retaincl.engine.files import atomic_write_json
+from retaincl.engine.files import atomic_write_json, remove_stale_temp_files
+from retaincl.engine.run_folder import RunError, config_hash, hashed_config, open_run_folder
 from retaincl.evaluation.metrics import summarize
-from retaincl.methods.base import Learner, LearnerContext
+from retaincl.methods.base import DivergenceError, Learner, LearnerContext
 from retaincl.registry import METHODS
 
 log = logging.getLogger(__name__)
-
-
-class RunError(RuntimeError):
-    """A run cannot start as configured; the message says why and what to change."""
 
 
 @dataclass
@@ -57,23 +53,26 @@ class Session:
     features: FeatureStore
     device: torch.device
     setup_seconds: float = 0.0
+    skipped_images: list[dict[str, str]] = field(default_factory=list)
 
     @classmethod
     def create(cls, cfg: ExperimentConfig) -> Session:
         start = time.perf_counter()
+        check_output_dir(cfg.output_dir)
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         device = resolve_device(cfg.device)
         source = load_source(cfg.data)
         stream = build_stream(cfg.scenario, source)
         stream.info.setdefault("class_names", [source.class_names[c] for c in stream.class_order])
+        check_methods(cfg, stream)
         seed_everything(cfg.seed)  # randomly initialised backbones (mlp, pretrained=false) follow the run seed
         backbone = build_backbone(cfg.backbone, cfg.transform).to(device).eval()
         backbone.requires_grad_(False)
         check_transform(cfg, source)
         cache_dir = cfg.cache.dir if cfg.cache.enabled else None
         features = FeatureStore(backbone, device, cache_dir, cfg.eval.batch_size, cfg.quiet)
-        return cls(cfg, stream, backbone, features, device, time.perf_counter() - start)
+        return cls(cfg, stream, backbone, features, device, time.perf_counter() - start, source.skipped_images)
 
     def run_name(self) -> str:
         c = self.cfg
@@ -113,17 +112,62 @@ def check_transform(cfg: ExperimentConfig, source: Any) -> None:
         )
 
 
-def config_hash(cfg: ExperimentConfig, method: str) -> str:
-    tree = to_dict(cfg)
-    for key in ("quiet", "method", "cache", "output_dir", "eval", "threads"):  # do not change the numbers
-        tree.pop(key, None)
-    tree["methods"] = {method: tree["methods"].get(method, {})}
-    return hashlib.sha256(json.dumps([tree, method], sort_keys=True, default=str).encode()).hexdigest()[:16]
+def check_method(cls: type[Learner], method: str, params: Any, stream: Stream) -> None:
+    """What a method declares it supports, and its own stream check, against ``stream``."""
+    if stream.kind not in cls.supported_scenarios:
+        raise RunError(
+            f"method {method!r} supports {', '.join(cls.supported_scenarios)}-incremental "
+            f"scenarios, not {stream.kind!r}; change scenario.kind"
+        )
+    if cls.needs_task_id and not stream.task_id_at_test:
+        raise RunError(f"method {method!r} needs the task id at test time: use scenario.kind=task")
+    cls.check_stream(params, stream)
+
+
+def check_methods(cfg: ExperimentConfig, stream: Stream) -> None:
+    """Every configured method against the stream, before any of them runs."""
+    for method in cfg.method_names:
+        check_method(METHODS.get(method), method, method_params(method, cfg.methods.get(method)), stream)
+
+
+def check_output_dir(path: str) -> Path:
+    """The output folder, created and checked for writability before anything trains."""
+    folder = Path(path).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe.", suffix=".tmp") as probe:
+            probe.write(b"x")
+            probe.flush()
+    except OSError as err:
+        raise RunError(
+            f"output_dir={path!r} cannot be written ({err.strerror or err}); "
+            f"choose a writable folder with --set output_dir=..."
+        ) from err
+    return folder
+
+
+def stop_if_diverged(learner: Learner, task_index: int, cause: BaseException | None = None) -> None:
+    """Raise :class:`DivergenceError` when the learned state holds NaN or infinity after
+    a task: the net under every method, whether or not its loop checks its loss."""
+    bad = learner.nonfinite_state()
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        why = f" ({type(cause).__name__} while training)" if cause is not None else ""
+        raise DivergenceError(
+            f"{learner.name}: after task {task_index} the learned state holds NaN or infinite values "
+            f"({', '.join(bad[:3])}{more}){why}; the run diverged. Lower methods.{learner.name}.lr "
+            f"(or the method's loss weights) and run again"
+        ) from cause
 
 
 def evaluate_task(learner: Learner, task: Task, stream: Stream) -> tuple[int, int]:
     """(correct, total) of ``learner`` on ``task``'s test data; labels never leave here."""
     logits = learner.predict_logits(task.test.inputs())
+    if bool(torch.isnan(logits).any() or torch.isposinf(logits).any()):  # -inf is a mask, +inf an overflow
+        raise DivergenceError(
+            f"{learner.name}: NaN or infinite predictions on the test data of task {task.index} (after "
+            f"{learner.tasks_done} task(s)); the run diverged. Lower methods.{learner.name}.lr and run again"
+        )
     targets = torch.as_tensor(task.test.targets)
     if stream.task_id_at_test:
         mask = torch.full((logits.shape[1],), float("-inf"))
@@ -138,13 +182,7 @@ def build_learner(session: Session, method: str) -> Learner:
     cls = METHODS.get(method)
     params = method_params(method, session.cfg.methods.get(method))
     kind = session.stream.kind
-    if kind not in cls.supported_scenarios:
-        raise RunError(
-            f"method {method!r} supports {', '.join(cls.supported_scenarios)}-incremental "
-            f"scenarios, not {kind!r}; change scenario.kind"
-        )
-    if cls.needs_task_id and not session.stream.task_id_at_test:
-        raise RunError(f"method {method!r} needs the task id at test time: use scenario.kind=task")
+    check_method(cls, method, params, session.stream)
     seed_everything(session.cfg.seed)
     backbone = session.backbone
     if not cls.frozen_backbone or getattr(params, "train_backbone", False):
@@ -164,12 +202,26 @@ def build_learner(session: Session, method: str) -> Learner:
     return cls(params, ctx)
 
 
-def run_method(session: Session, method: str, resume: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Run one method over the session's stream; returns the results (also written to disk)."""
+def run_method(
+    session: Session, method: str, resume: bool = True, progress: bool = True, overwrite: bool = False
+) -> dict[str, Any]:
+    """Run one method over the session's stream; returns the results (also written to disk).
+
+    The method's folder may hold results or a checkpoint already. Those of this config
+    are reused: finished results are returned as they are (the method is not run again),
+    a checkpoint is continued at its next task; ``resume=False`` (``--fresh``) starts
+    over. Those of another config are never written over or continued unless
+    ``overwrite`` (``--overwrite``). A checkpoint is continued only with the thread count
+    it was written with, since some numbers depend on it."""
     cfg, stream = session.cfg, session.stream
-    out_dir = Path(cfg.output_dir) / session.run_name() / method
+    out_dir = Path(cfg.output_dir).expanduser() / session.run_name() / method
     ckpt_path, results_path = out_dir / "checkpoint.pt", out_dir / "results.json"
-    chash = config_hash(cfg, method)
+    remove_stale_temp_files(out_dir)
+    chash, hashed = config_hash(cfg, method), hashed_config(cfg, method)
+    finished, ckpt = open_run_folder(out_dir, chash, hashed, resume, overwrite)
+    if finished is not None:
+        log.info("%s finished earlier with this config: results reused (--fresh runs it again)", method)
+        return finished | {"reused": True}
     learner = build_learner(session, method)
     T = len(stream)
     R = np.full((T, T), np.nan)
@@ -181,24 +233,17 @@ def run_method(session: Session, method: str, resume: bool = True, progress: boo
     stats = session.features.stats
     extracted_before = stats.extracted_samples
 
-    if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
-        if ckpt["config_hash"] != chash and not ckpt["complete"]:
-            raise RunError(
-                f"{ckpt_path} belongs to a different config; pass --fresh to start over, or set "
-                f"name=... to run this config under another name"
-            )
-        if not ckpt["complete"]:
-            learner.load_state_dict(ckpt["learner"])
-            start_task = resumed_from = int(ckpt["tasks_done"])
-            R[:] = np.asarray(ckpt["R"], dtype=float)
-            correct[:] = np.asarray(ckpt["correct"], dtype=np.int64)
-            initial = ckpt["initial"]
-            timer.totals = dict(ckpt["timings"])
-            per_task = list(ckpt["per_task"])
-            learner.restore_tasks(stream.tasks[:start_task])
-            set_rng_state(ckpt["rng"])
-            log.info("resuming %s at task %d", method, start_task)
+    if ckpt is not None:  # continue it; a complete one only writes the results again
+        learner.load_state_dict(ckpt["learner"])
+        start_task = resumed_from = int(ckpt["tasks_done"])
+        R[:] = np.asarray(ckpt["R"], dtype=float)
+        correct[:] = np.asarray(ckpt["correct"], dtype=np.int64)
+        initial = ckpt["initial"]
+        timer.totals = dict(ckpt["timings"])
+        per_task = list(ckpt["per_task"])
+        learner.restore_tasks(stream.tasks[:start_task])
+        set_rng_state(ckpt["rng"])
+        log.info("resuming %s at task %d", method, start_task)
 
     def timed(phase: str, fn, *args) -> Any:
         ex0 = stats.extraction_seconds
@@ -220,8 +265,15 @@ def run_method(session: Session, method: str, resume: bool = True, progress: boo
         if i == 0 and stream.fixed_label_space and initial is None:
             res = timed("evaluation", evaluate_row, T)[0]
             initial = [c / n for c, n in res]
-        (_, t_fit, x_fit) = timed("fit", learner.fit, task)
-        (_, t_end, x_end) = timed("fit", learner.end_task, task)
+        try:
+            (_, t_fit, x_fit) = timed("fit", learner.fit, task)
+            (_, t_end, x_end) = timed("fit", learner.end_task, task)
+        except DivergenceError:
+            raise
+        except Exception as err:  # e.g. a solver failing on NaN: report the divergence, not the symptom
+            stop_if_diverged(learner, i, err)
+            raise
+        stop_if_diverged(learner, i)
         res, t_eval, x_eval = timed("evaluation", evaluate_row, T if stream.fixed_label_space else i + 1)
         for j, (c, n) in enumerate(res):
             correct[i, j] = c
@@ -235,6 +287,8 @@ def run_method(session: Session, method: str, resume: bool = True, progress: boo
         bar.set_postfix(acc=f"{acc_now:.3f}")
         save_checkpoint(ckpt_path, {
             "config_hash": chash,
+            "hashed_config": hashed,
+            "threads": torch.get_num_threads(),
             "method": method,
             "tasks_done": i + 1,
             "complete": i + 1 == T,
@@ -254,6 +308,8 @@ def run_method(session: Session, method: str, resume: bool = True, progress: boo
         "method_info": learner.describe(),
         "seed": cfg.seed,
         "config": to_dict(cfg) | {"method": method},
+        "config_hash": chash,
+        "hashed_config": hashed,
         "stream": {
             "kind": stream.kind,
             "description": stream.description,
@@ -262,6 +318,7 @@ def run_method(session: Session, method: str, resume: bool = True, progress: boo
             "tasks": [{"classes": t.classes, "domain": t.domain, "train_size": len(t.train), "test_size": len(t.test)} for t in stream.tasks],
             "task_id_at_test": stream.task_id_at_test,
         },
+        "data": {"skipped_images": session.skipped_images},
         "accuracy_matrix": R.tolist(),
         "correct_matrix": correct.tolist(),
         "test_sizes": sizes,
@@ -273,12 +330,14 @@ def run_method(session: Session, method: str, resume: bool = True, progress: boo
             "per_task": per_task,
         },
         "feature_cache": {
-            "enabled": cfg.cache.enabled,
+            "enabled": cfg.cache.enabled and session.features.disabled_reason is None,
+            "disabled_reason": session.features.disabled_reason,
             "extracted_samples": stats.extracted_samples - extracted_before,
             "loaded_samples_this_session": stats.loaded_samples,
             "rebuilt_entries": stats.rebuilt_entries,
         },
         "peak_memory_mb": peak_memory_mb(session.device),
+        "checkpoint_bytes": ckpt_path.stat().st_size if ckpt_path.exists() else None,
         "resumed_from_task": resumed_from,
         "environment": environment(session.device),
         "results_path": str(results_path),

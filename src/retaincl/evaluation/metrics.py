@@ -9,7 +9,14 @@ is the number of test samples of task ``j``; ``correct[i][j]`` the number right.
   (``mean_j R[t][j]``); both are reported, and which is which is named.
 - average incremental accuracy: ``mean_t A_t``; last accuracy: ``A_{T-1}``.
 - forgetting (Chaudhry et al. 2018, eq. 2-3): for each old task ``j < T-1``,
-  ``max_{l in [j, T-2]} R[l][j] - R[T-1][j]``, averaged over ``j``.
+  ``max_{l in [j, T-2]} R[l][j] - R[T-1][j]``, averaged over ``j``: the best accuracy
+  *before* the last task minus the last (named ``chaudhry`` in results and tables).
+  Two other libraries report other quantities under the same name, also computed here
+  for side-by-side comparison: Mammoth's ``forgetting`` takes the max over every row,
+  the last included (``max_{l in [j, T-1]}``; never negative per task, and 0 for a
+  task whose accuracy rose at the end, where Chaudhry's can be negative), and
+  Avalanche's ``StreamForgetting`` is first minus last, ``R[j][j] - R[T-1][j]`` (which
+  equals ``-BWT``).
 - BWT (Lopez-Paz and Ranzato 2017, eq. 3): ``1/(T-1) sum_{j<T-1} (R[T-1][j] - R[j][j])``.
 - FWT (same paper): ``1/(T-1) sum_{j>0} (R[j-1][j] - b_j)``, ``b_j`` the accuracy on
   task ``j`` of the model before any training; only when those entries were measured.
@@ -23,6 +30,11 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+
+FORGETTING_VARIANT = (
+    "chaudhry: mean over old tasks j of max_{l<T-1} R[l][j] - R[T-1][j] (last row excluded from the max); "
+    "forgetting_mammoth includes the last row in the max; forgetting_first_minus_last is Avalanche's R[j][j] - R[T-1][j]"
+)
 
 
 def _matrix(R: Sequence[Sequence[float]]) -> np.ndarray:
@@ -55,6 +67,24 @@ def forgetting(R: Sequence[Sequence[float]]) -> float:
         return 0.0
     drops = [np.max(m[j : T - 1, j]) - m[T - 1, j] for j in range(T - 1)]
     return float(np.mean(drops))
+
+
+def forgetting_mammoth(R: Sequence[Sequence[float]]) -> float:
+    """Mammoth's variant: ``max_{l in [j, T-1]} R[l][j] - R[T-1][j]`` (last row in the max)."""
+    m = _matrix(R)
+    T = m.shape[0]
+    if T < 2:
+        return 0.0
+    return float(np.mean([np.max(m[j:T, j]) - m[T - 1, j] for j in range(T - 1)]))
+
+
+def forgetting_first_minus_last(R: Sequence[Sequence[float]]) -> float:
+    """Avalanche's variant: ``R[j][j] - R[T-1][j]`` averaged over old tasks (= -BWT)."""
+    m = _matrix(R)
+    T = m.shape[0]
+    if T < 2:
+        return 0.0
+    return float(np.mean([m[j, j] - m[T - 1, j] for j in range(T - 1)]))
 
 
 def backward_transfer(R: Sequence[Sequence[float]]) -> float:
@@ -98,6 +128,9 @@ def summarize(
         "average_incremental_accuracy_task_averaged": float(np.mean(task_avg)),
         "last_accuracy_task_averaged": task_avg[-1],
         "forgetting": forgetting(R),
+        "forgetting_variant": FORGETTING_VARIANT,
+        "forgetting_mammoth": forgetting_mammoth(R),
+        "forgetting_first_minus_last": forgetting_first_minus_last(R),
         "bwt": backward_transfer(R),
         "fwt": forward_transfer(R, initial),
         "averaging": "A_t is sample-weighted over the pooled test data; *_task_averaged is the plain mean over tasks",

@@ -54,6 +54,36 @@ def matrix_table(result: dict[str, Any]) -> str:
     return format_table(header, rows)
 
 
+class ReportError(ValueError):
+    """A results file cannot be reported; the message names the file and what is wrong."""
+
+
+#: What the tables read from a results file (``metrics`` keys listed separately).
+REQUIRED_KEYS = ("method", "accuracy_matrix", "metrics", "timings")
+REQUIRED_METRICS = ("accuracy_per_step", "average_incremental_accuracy", "last_accuracy", "forgetting", "bwt")
+
+
+def read_results_file(path: Path) -> dict[str, Any]:
+    """One results file, checked for what the tables need."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise ReportError(f"{path} cannot be read ({err})") from err
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{path} is not a results file: not valid JSON ({err})") from err
+    if not isinstance(result, dict):
+        raise ReportError(f"{path} is not a results file: it holds a {type(result).__name__}, not a mapping")
+    missing = [k for k in REQUIRED_KEYS if k not in result]
+    metrics = result.get("metrics")
+    if isinstance(metrics, dict):
+        missing += [f"metrics.{k}" for k in REQUIRED_METRICS if k not in metrics]
+    elif "metrics" in result:
+        missing.append("metrics (not a mapping)")
+    if missing:
+        raise ReportError(f"{path} is not a retaincl results file: it lacks {', '.join(missing)}")
+    return result
+
+
 def load_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     """Results JSON files, or folders searched for results.json."""
     files: list[Path] = []
@@ -66,4 +96,4 @@ def load_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
             raise FileNotFoundError(f"{p} is neither a results file nor a folder")
     if not files:
         raise FileNotFoundError(f"no results.json under {', '.join(map(str, paths))}")
-    return [json.loads(f.read_text()) for f in files]
+    return [read_results_file(f) for f in files]

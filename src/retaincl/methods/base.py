@@ -85,6 +85,13 @@ class Learner:
         self.tasks_done = 0
         self.generator = torch.Generator().manual_seed(ctx.seed)
 
+    @classmethod
+    def check_stream(cls, params: Any, stream: Any) -> None:
+        """Refuse a stream this configuration cannot learn (e.g. fewer prompts than
+        tasks) by raising :class:`~retaincl.config.ConfigError` naming the key. The
+        runner calls it for every configured method when the session is created, before
+        anything trains; the base accepts every stream."""
+
     # ------------------------------------------------------------------ the protocol
 
     def begin_task(self, task: Task) -> None:
@@ -162,6 +169,32 @@ class Learner:
                 f"{task_index} at step {step}; the run diverged. Lower methods.{self.name}.lr (or the "
                 f"method's loss weights) and run again"
             )
+
+    def nonfinite_state(self) -> list[str]:
+        """Names of the learned-state tensors (``state_attrs``, modules' parameters and
+        buffers included) that hold a NaN or an infinity; empty when all are finite.
+        Read in place, without copying the state."""
+        bad: list[str] = []
+
+        def visit(value: Any, key: str) -> None:
+            if isinstance(value, nn.Module):
+                for name, t in value.state_dict(keep_vars=False).items():
+                    visit(t, f"{key}.{name}")
+            elif isinstance(value, torch.Tensor):
+                if value.is_floating_point() or value.is_complex():
+                    flat = value.detach().reshape(-1)
+                    if not all(bool(torch.isfinite(c).all()) for c in flat.split(1 << 24)):
+                        bad.append(key)
+            elif isinstance(value, dict):
+                for k, v in value.items():
+                    visit(v, f"{key}.{k}")
+            elif isinstance(value, (list, tuple)):
+                for i, v in enumerate(value):
+                    visit(v, f"{key}[{i}]")
+
+        for attr in self.state_attrs:
+            visit(getattr(self, attr, None), attr)
+        return bad
 
     def progress(self, iterable: Iterable, desc: str, total: int | None = None) -> Iterable:
         return tqdm(iterable, desc=desc, total=total, disable=self.ctx.quiet, leave=False)

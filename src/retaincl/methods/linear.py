@@ -68,8 +68,9 @@ class LinearHeadLearner(Learner):
             self.backbone = ctx.backbone.to(self.device)
             self.state_attrs = ("head", "backbone")
 
-    def train_on(self, split: TaskSplit | SplitUnion, desc: str) -> None:
-        """SGD on ``split``: cross-entropy over the logits of the classes seen so far."""
+    def train_on(self, split: TaskSplit | SplitUnion, desc: str, task_index: int) -> None:
+        """SGD on ``split``: cross-entropy over the logits of the classes seen so far;
+        a NaN or infinite loss stops the run (:meth:`check_finite`)."""
         p = self.params
         groups = [{"params": self.head.parameters(), "lr": p.lr}]
         if p.train_backbone:
@@ -82,6 +83,7 @@ class LinearHeadLearner(Learner):
         opt = torch.optim.SGD(groups, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
         sched = make_scheduler(opt, p)
         n = len(labels)
+        step = 0
         for _ in self.progress(range(p.epochs), desc):
             order = torch.randperm(n, generator=self.generator)
             for lo in range(0, n, p.batch_size):
@@ -92,6 +94,8 @@ class LinearHeadLearner(Learner):
                     feats = inputs[idx].to(self.device)
                 logits = self.head(feats)[:, : self.seen_classes]
                 loss = F.cross_entropy(logits, labels[idx].to(self.device))
+                self.check_finite(loss, task_index, step)
+                step += 1
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -109,7 +113,7 @@ class Finetune(LinearHeadLearner):
     """Sequential fine-tuning on each task's data only: the lower bound."""
 
     def fit(self, task: Task) -> None:
-        self.train_on(task.train, f"finetune task {task.index}")
+        self.train_on(task.train, f"finetune task {task.index}", task.index)
 
 
 @register_method("joint")
@@ -133,7 +137,7 @@ class Joint(LinearHeadLearner):
         self.head.load_state_dict(self._initial)
         if self._initial_backbone is not None:
             self.backbone.load_state_dict(self._initial_backbone)
-        self.train_on(union, f"joint after task {task.index}")
+        self.train_on(union, f"joint after task {task.index}", task.index)
 
     def restore_tasks(self, tasks: list[Task]) -> None:
         """After a resume: the training splits of the finished tasks are the union again."""

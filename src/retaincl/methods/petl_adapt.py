@@ -20,10 +20,15 @@ Choices where the papers leave it open:
 
 - no data augmentation: the official codes train with random resized crops and flips;
   retaincl's data sources give raw images and flips are wrong for digits. Recorded here.
-- the PETL modules are the shared ViT's (``retaincl.backbones.vit``): AdaptFormer adapter
-  fed the residual stream, scale 0.1, bottleneck 64 (``ffn_num``), as the official
-  ``ffn_adapter_layernorm_option='none'``; SSF after every operation (``SSF_ALL``); VPT
-  with 5 tokens (``prompt_token_num``), shallow at layer 0 or deep at every layer.
+- the PETL modules are the shared ViT's (``retaincl.backbones.vit``), started as the
+  official APER code starts them (RanPAC copies it): AdaptFormer adapter fed the
+  residual stream, scale 0.1, bottleneck 64 (``ffn_num``), dropout 0.1
+  (convs/vision_transformer_adapter.py: ``ffn_adapter_layernorm_option='none'``,
+  ``init_option='lora'``, ``Adapter(..., dropout=0.1)``); SSF after every operation
+  (``SSF_ALL``) with gamma ~ N(1, 0.02), beta ~ N(0, 0.02) (convs/vision_transformer_ssf.py,
+  ``init_ssf_scale_shift``); VPT with 5 tokens (``prompt_token_num``), shallow at layer 0
+  or deep at every layer, all zero at the start (convs/vpt.py). ``adapter_dropout``,
+  ``ssf_init`` and ``vpt_init`` switch to the other starts.
 - ``finetune`` trains every weight of the ViT (APER's "Finetune" variant).
 """
 
@@ -53,7 +58,17 @@ class AdaptKeys(SGDParams):
 
     adapter_bottleneck: int = doc("AdaptFormer adapter bottleneck size (ffn_num)", default=64)
     adapter_scale: float = doc("AdaptFormer adapter output scale", default=0.1)
+    adapter_dropout: float = doc(
+        "AdaptFormer adapter dropout before the up projection (0.1 in the official APER/RanPAC/PILOT copies)",
+        default=0.1,
+    )
     vpt_length: int = doc("VPT prompt tokens per layer (prompt_token_num)", default=5)
+    vpt_init: Literal["zeros", "uniform"] = doc(
+        "VPT prompt start: zeros (official APER convs/vpt.py, copied by RanPAC) or VPT's Xavier-uniform", default="zeros"
+    )
+    ssf_init: Literal["normal", "identity"] = doc(
+        "SSF start: normal = gamma ~ N(1, 0.02), beta ~ N(0, 0.02) (official SSF/APER), or identity", default="normal"
+    )
     epochs: int = doc("passes over the first task's data (tuned_epoch)", default=20)
     batch_size: int = doc("training batch size", default=48)
     lr: float = doc("SGD learning rate of the adapted parameters and the cosine head", default=0.01)
@@ -94,11 +109,15 @@ def attach_petl(backbone: Backbone, petl: str, p: AdaptKeys) -> None:
             f"got {type(backbone).__name__}"
         )
     if petl == "adapter":
-        vit.add_adapter(bottleneck=p.adapter_bottleneck, scale=p.adapter_scale)
+        vit.add_adapter(bottleneck=p.adapter_bottleneck, scale=p.adapter_scale, dropout=p.adapter_dropout)
     elif petl == "ssf":
-        vit.add_ssf()
+        for module in vit.add_ssf().values():
+            if p.ssf_init == "normal":
+                module.reset_normal(0.02)  # the global generator, seeded per learner by the runner
     elif petl in ("vpt_shallow", "vpt_deep"):
-        vit.add_vpt(length=p.vpt_length, deep=petl == "vpt_deep")
+        prompts = vit.add_vpt(length=p.vpt_length, deep=petl == "vpt_deep")
+        if p.vpt_init == "zeros":
+            prompts.zero_()
 
 
 def trainable_parameters(backbone: Backbone, petl: str) -> list[nn.Parameter]:
@@ -123,9 +142,11 @@ def adapt_first_task(
     generator: torch.Generator,
     device: torch.device,
     progress=lambda it, desc: it,
+    check_finite=lambda loss, step: None,
 ) -> list[float]:
     """Train ``backbone``'s adapted parameters with a cosine head on ``split`` (labels
-    ``0..num_classes-1``), then freeze it. Returns the mean loss of each epoch."""
+    ``0..num_classes-1``), then freeze it. Returns the mean loss of each epoch.
+    ``check_finite(loss, step)`` is called on every step's loss (the learner's divergence check)."""
     params = trainable_parameters(backbone, petl)
     head = CosineHead(backbone.feature_dim, num_classes, generator).to(device)
     opt = torch.optim.SGD(
@@ -139,6 +160,7 @@ def adapt_first_task(
     backbone.train()
     history = []
     n = len(labels)
+    step = 0
     for _ in progress(range(p.epochs), f"adapt ({petl}) on task 0"):
         order = torch.randperm(n, generator=generator)
         total = 0.0
@@ -146,6 +168,8 @@ def adapt_first_task(
             idx = order[lo : lo + p.batch_size]
             logits = head(backbone(backbone.augment(split.images(idx.numpy()).to(device), generator)))
             loss = F.cross_entropy(logits, labels[idx].to(device))
+            check_finite(loss, step)
+            step += 1
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -209,7 +233,8 @@ class FirstSessionAdaptation:
         if self.adapted:
             return
         self.adapt_losses = adapt_first_task(
-            self.backbone, task.train, self.seen_classes, self.petl, self.params, self.generator, self.device, self.progress
+            self.backbone, task.train, self.seen_classes, self.petl, self.params, self.generator, self.device,
+            self.progress, lambda loss, step: self.check_finite(loss, task.index, step),
         )
         self.adapted = True
 

@@ -20,6 +20,9 @@ Each task ``t`` (classes ``known..seen-1``):
    task trains on from the un-aligned heads (the official ``fc.backup()/recall()``).
 
 Choices where the paper leaves it open (taken from the official code):
+- the ViT's final LayerNorm is replaced by a fresh one (weight 1, bias 0) before the first
+  task (convs/vits.py: ``del model.norm; model.norm = nn.LayerNorm(768)``;
+  ``fresh_final_norm``);
 - the heads are initialised from a truncated normal (std 0.02), biases 0;
 - ``ca_mean_scaling``: the official code samples around ``mu_c * (0.9 + 0.1 (t_c+1)/T)``
   (``t_c`` the task of class ``c``, ``T`` the tasks so far): older classes' means shrink
@@ -60,6 +63,12 @@ class SLCAParams:
     logit_norm: float | None = doc("alignment logit-normalisation temperature tau; null = plain CE", default=0.1)
     ca_mean_scaling: bool = doc("sample around mu_c * (0.9 + 0.1 (t_c+1)/T) as the official code", default=True)
     cov_eps: float = doc("added to the diagonal of each class covariance", default=0.0001)
+    fresh_final_norm: bool = doc(
+        "replace the ViT's final LayerNorm by a fresh one (weight 1, bias 0), as the official convs/vits.py",
+        default=True,
+    )
+    align: bool = doc("classifier alignment with Gaussian samples after each task from the second (ablation: false)",
+                      default=True)
 
     def validate(self) -> None:
         from retaincl.config import ConfigError
@@ -95,6 +104,16 @@ class TaskHeads(nn.Module):
         return torch.cat([h(features) for h in self.heads], dim=1)
 
 
+def reset_final_norm(backbone: nn.Module) -> None:
+    """SLCA's ViT drops the pre-trained final LayerNorm for a fresh ``nn.LayerNorm(768)``
+    (official convs/vits.py, ``vit_base_patch16_224_in21k``: ``del model.norm``): weight 1,
+    bias 0. Backbones without a ViT final norm are left alone."""
+    norm = getattr(getattr(getattr(backbone, "vit", None), "net", None), "norm", None)
+    if isinstance(norm, nn.LayerNorm):
+        with torch.no_grad():
+            norm.reset_parameters()
+
+
 def logit_normalize(logits: torch.Tensor, task_sizes: list[int], tau: float) -> torch.Tensor:
     """SLCA's alignment logits: ``z / (tau * mean_t ||z_t||_2)`` over the tasks' blocks."""
     norms = torch.stack([blk.norm(dim=1) for blk in logits.split(task_sizes, dim=1)], dim=1)
@@ -113,6 +132,8 @@ class SLCA(Learner):
     def __init__(self, params: SLCAParams, ctx: LearnerContext) -> None:
         super().__init__(params, ctx)
         self.backbone = ctx.backbone.to(self.device)
+        if params.fresh_final_norm:
+            reset_final_norm(self.backbone)
         d, c = ctx.backbone.feature_dim, ctx.num_classes
         self.head = TaskHeads(d).to(self.device)
         self.aligned = TaskHeads(d).to(self.device)
@@ -131,8 +152,8 @@ class SLCA(Learner):
         self.train_slow(task)
         self.store_statistics(task)
         self.aligned = copy.deepcopy(self.head)
-        if task.index > 0 and self.params.ca_epochs > 0:
-            self.align()
+        if task.index > 0 and self.params.ca_epochs > 0 and self.params.align:
+            self.align(task.index)
 
     def logits_from_images(self, images: torch.Tensor) -> torch.Tensor:
         return self.aligned(self.backbone(images))[:, : self.seen_classes]
@@ -153,7 +174,7 @@ class SLCA(Learner):
         opt = self.make_optimizer()
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=p.milestones, gamma=p.lr_decay)
         labels = torch.as_tensor(split.targets) - self.known_classes
-        n = len(labels)
+        n, step = len(labels), 0
         for _ in self.progress(range(p.epochs), f"slca task {task.index}"):
             self.backbone.train()
             order = torch.randperm(n, generator=self.generator)
@@ -161,6 +182,8 @@ class SLCA(Learner):
                 idx = order[lo : lo + p.batch_size]
                 logits = self.head(self.backbone(self.train_images(split, idx)))
                 loss = F.cross_entropy(logits[:, self.known_classes : self.seen_classes], labels[idx].to(self.device))
+                self.check_finite(loss, task.index, step)
+                step += 1
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -206,13 +229,15 @@ class SLCA(Learner):
 
     # ------------------------------------------------------------------ 3. alignment
 
-    def align(self) -> None:
+    def align(self, task_index: int = -1) -> None:
+        """Classifier alignment of ``self.aligned`` on sampled features (after task ``task_index``)."""
         p = self.params
         aligned = self.aligned
         aligned.requires_grad_(True)
         opt = torch.optim.SGD(aligned.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=p.ca_epochs)
         sizes, bs = aligned.sizes, p.ca_samples_per_class
+        step = 0
         for _ in self.progress(range(p.ca_epochs), "slca alignment"):
             x, y = self.sample_features(bs)
             order = torch.randperm(len(y), generator=self.generator)
@@ -222,6 +247,8 @@ class SLCA(Learner):
                 if p.logit_norm is not None:
                     logits = logit_normalize(logits, sizes, p.logit_norm)
                 loss = F.cross_entropy(logits, y[lo : lo + bs])
+                self.check_finite(loss, task_index, step)
+                step += 1
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

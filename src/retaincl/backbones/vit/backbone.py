@@ -2,10 +2,11 @@
 
 Weights, by ``backbone.*`` config:
 
-- any timm ViT name (``VisionTransformer`` family), e.g. the two the field uses,
-  ``vit_base_patch16_224.augreg_in21k`` (ImageNet-21k; L2P, DualPrompt, CODA-Prompt,
-  APER, RanPAC, SLCA) and ``vit_base_patch16_224.augreg2_in21k_ft_in1k`` (21k then 1k
-  fine-tuned; APER's and RanPAC's "IN1K" runs): hub weights from the local Hugging Face
+- any timm ViT name (``VisionTransformer`` family), e.g. the ones the published configs
+  use: ``vit_base_patch16_224.orig_in21k`` (the original ImageNet-21k ViT-B/16: L2P,
+  DualPrompt, DAP, VPT), ``vit_base_patch16_224.augreg_in21k`` (APER, RanPAC, SLCA IN21K
+  rows), ``vit_base_patch16_224.augreg_in21k_ft_in1k`` (21k then 1k fine-tuned: CODA-Prompt,
+  and APER's and RanPAC's "IN1K" rows; not today's ``augreg2``): hub weights from the local Hugging Face
   cache, or downloaded when online; offline and not cached, a :class:`BackboneError`
   at once (``ensure_hub_weights``), never a hang;
 - ``backbone.checkpoint=PATH``: a local safetensors file or state dict (read with

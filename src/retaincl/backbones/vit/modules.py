@@ -32,8 +32,10 @@ class Adapter(nn.Module):
 
     Initialisation as the official code: ``down`` keeps PyTorch's Linear default
     (Kaiming-uniform, a = sqrt(5)) with a zero bias, ``up`` is all zeros, so the term
-    is exactly 0 at the start. ``dropout`` sits between ReLU and ``up`` (official code:
-    0.1 for AdaptFormer, 0 in APER's copy; default 0 here).
+    is exactly 0 at the start. ``dropout`` sits between ReLU and ``up``: the official
+    copies build it with 0.1 (AdaptFormer; APER's convs/vision_transformer_adapter.py,
+    ``Adapter(..., dropout=0.1, ...)``, which RanPAC and PILOT copy); the module's
+    default stays 0 and the methods that use it pass 0.1 (``methods.*.adapter_dropout``).
     """
 
     def __init__(self, dim: int, bottleneck: int = 64, scale: float = 0.1, dropout: float = 0.0) -> None:
@@ -79,15 +81,22 @@ class LoRA(nn.Module):
 class ScaleShift(nn.Module):
     """SSF: ``gamma * x + beta`` on the last dimension (Lian et al. 2022, eq. 4).
 
-    Initialised at gamma = 1, beta = 0 (identity). The official SSF code draws
-    gamma ~ N(1, 0.02) and beta ~ N(0, 0.02); the identity start is chosen so that an
-    attached SSF leaves the pre-trained features unchanged until trained.
+    Built at gamma = 1, beta = 0 (identity), so that an attached SSF leaves the
+    pre-trained features unchanged until trained. :meth:`reset_normal` draws the official
+    start, gamma ~ N(1, 0.02) and beta ~ N(0, 0.02) (SSF's ``init_ssf_scale_shift``, copied
+    by APER's convs/vision_transformer_ssf.py); APER and RanPAC use it by default.
     """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.scale = nn.Parameter(torch.ones(dim))
         self.shift = nn.Parameter(torch.zeros(dim))
+
+    @torch.no_grad()
+    def reset_normal(self, std: float = 0.02, generator: torch.Generator | None = None) -> None:
+        """gamma ~ N(1, std), beta ~ N(0, std), as the official SSF code."""
+        self.scale.normal_(1.0, std, generator=generator)
+        self.shift.normal_(0.0, std, generator=generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale + self.shift
@@ -113,6 +122,12 @@ class PromptTokens(nn.Module):
             raise ValueError(f"prompt length must be >= 1, got {length}")
         self.layers = tuple(int(i) for i in layers)
         self.tokens = nn.Parameter(torch.empty(len(self.layers), length, dim).uniform_(-init_range, init_range))
+
+    @torch.no_grad()
+    def zero_(self) -> PromptTokens:
+        """Start every prompt at zero, as APER's convs/vpt.py (``Prompt_Tokens = zeros``)."""
+        self.tokens.zero_()
+        return self
 
     def as_dict(self) -> dict[int, torch.Tensor]:
         """``{layer: length x dim}``, the form :meth:`PETLViT.forward_tokens` takes."""
