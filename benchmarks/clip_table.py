@@ -8,6 +8,7 @@ clip_finetune) the zero-shot accuracy on the held-out classes before the first t
 after each task.
 
     nice -n 5 python benchmarks/clip_table.py                 # 3 seeds, ~30 min on 2 shared cores
+    nice -n 5 python benchmarks/clip_table.py --seeds 1993    # one seed; later calls reuse finished runs
     python benchmarks/clip_table.py --seeds 1993 --methods zeroshot_clip simplecil
 """
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=None, help="a subset of the config's methods")
     p.add_argument("--out", default="runs/clip_table")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--fresh", action="store_true", help="run again what --out already holds (default: reuse finished runs)")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -46,15 +47,16 @@ def main() -> None:
         cfg = load_config(args.config, [f"seed={seed}", f"output_dir={args.out}", "quiet=true", f"threads={args.threads}"])
         session = Session.create(cfg)
         for method in args.methods or cfg.method_names:
-            start = time.perf_counter()
-            rows.setdefault(method, []).append(run_method(session, method, resume=False, progress=False))
-            seconds.setdefault(method, []).append(time.perf_counter() - start)
+            r = run_method(session, method, resume=not args.fresh, progress=False)
+            rows.setdefault(method, []).append(r)
+            seconds.setdefault(method, []).append(
+                sum(v for k, v in r["timings"].items() if k.endswith("_seconds") and k != "setup_seconds"))
             print(f"seed {seed} {method}: last {100 * rows[method][-1]['metrics']['last_accuracy']:.1f}", flush=True)
 
     first = next(iter(rows.values()))[0]
     T = len(first["accuracy_matrix"])
     print(f"\n{first['stream']['description']}; backbone {first['config']['backbone']['name']}; seeds {args.seeds}\n")
-    print("| method | " + " | ".join(f"A{t + 1}" for t in range(T)) + " | avg inc | last | forgetting | s/run |")
+    print("| method | " + " | ".join(f"A{t + 1}" for t in range(T)) + " | avg inc | last | forgetting | s/run (shared CPU, noisy) |")
     print("|---|" + "---|" * (T + 4))
     for method, results in rows.items():
         stages = [np.mean([r["metrics"]["accuracy_per_step"][t] for r in results]) * 100 for t in range(T)]

@@ -90,19 +90,19 @@ def test_prompted_image_path_equals_open_clip_without_prompts(random_clip):
 
 def test_packaged_tiny_clip_loads_offline_and_reads_printed_digits(empty_hf_cache):
     """The shipped weights: digits rendered from a seed no training run used are named
-    correctly far above chance (10%) by the zero-shot classifier (the shipped file: 42% on its
-    own held-out renders, see src/retaincl/weights/clip_tiny_retain.md)."""
+    correctly far above chance (10%) by the zero-shot classifier (the shipped file: 31% on
+    these 100; see src/retaincl/weights/clip_tiny_retain.md for its accuracy elsewhere)."""
     from retaincl.backbones.clip.synthetic import DIGIT_WORDS, font_sources, render_captioned
     from retaincl.methods.clip.common import text_classifier
 
     clip = build_backbone(BackboneConfig(name="clip_tiny_retain", image_size=32)).eval()
     assert isinstance(clip, CLIPBackbone) and clip.weights_id.startswith("packaged:")
-    data = render_captioned(torch.arange(10).repeat(5).numpy(), seed=4242, fonts=font_sources(None))
+    data = render_captioned(torch.arange(10).repeat(10).numpy(), seed=4242, fonts=font_sources(None))
     images = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
         text = text_classifier(clip, [[f"a photo of a {w}."] for w in DIGIT_WORDS])
         pred = (clip.encode_image(images, normalize=True) @ text.T).argmax(1)
-    assert (pred == torch.as_tensor(data.objects)).float().mean() > 0.3  # chance 0.1: P(>15 of 50) < 1e-4
+    assert (pred == torch.as_tensor(data.objects)).float().mean() > 0.25  # chance 0.1: P(>25 of 100) = 4e-6
 
 
 def test_templates_resolve_and_mistakes_are_clear():
