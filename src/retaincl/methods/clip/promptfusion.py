@@ -80,7 +80,7 @@ class PromptFusionParams:
     booster_checkpoint: str | None = doc("local weights of the booster ViT", default=None)
     booster_input: Literal["clip", "own"] = doc("booster input: the CLIP's preprocessed image (official) or its own", default="clip")
     memory_size: int = doc("exemplars in total, memory_size // classes seen per class (herding)", default=5000)
-    lambda_init: float = doc("initial fusion logit lambda (weight of the booster: sigmoid(lambda))", default=1.0)
+    lambda_init: float = doc("initial fusion logit lambda (weight of the booster: sigmoid(lambda))", any_sign=True, default=1.0)
     learn_lambda: bool = doc("learn lambda (ablation: false keeps lambda_init)", default=True)
     weight_mask: bool = doc("re-weight old and new classes' log-likelihood from the second task on", default=True)
     class_name_spaces: bool = doc("replace '_' in class names by spaces (official)", default=True)

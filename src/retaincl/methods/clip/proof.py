@@ -76,7 +76,7 @@ class PROOFParams(TextParams):
     epochs: int = doc("epochs per task (official tuned_epoch)", default=5)
     batch_size: int = doc("training batch size", default=64)
     lr: float = doc("learning rate (official init_lr)", default=0.001)
-    min_lr: float = doc("end of the per-epoch cosine schedule", default=0.0)
+    min_lr: float = doc("end of the per-epoch cosine schedule", ge=0, default=0.0)
     weight_decay: float = doc("weight decay", default=0.05)
     optimizer: Literal["sgd", "adamw"] = doc("sgd (momentum 0.9) or adamw, as the official 'optimizer'", default="sgd")
     context_prompts: int = doc("context prompts added per task (official context_prompt_length_per_task)", default=3)
