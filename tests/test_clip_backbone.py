@@ -40,7 +40,7 @@ def test_hub_clip_without_cached_weights_fails_at_once_with_instructions(empty_h
         build_backbone(BackboneConfig(name="clip:ViT-B-16@openai", image_size=224))
     with pytest.raises(BackboneError, match="laion400m_e32"):
         build_backbone(BackboneConfig(name="clip:ViT-B-16@laion400m_e32", image_size=224))
-    assert time.perf_counter() - start < 5
+    assert time.perf_counter() - start < 20  # no hang: each hub probe gives up after 3 s (hub.py)
 
 
 def test_cached_hub_weights_are_found_without_the_network(empty_hf_cache):
@@ -125,7 +125,7 @@ def test_published_clip_configs_fail_fast_without_hub_weights(name, empty_hf_cac
     start = time.perf_counter()
     with pytest.raises(BackboneError, match="not in the local cache.*backbone.checkpoint"):
         build_backbone(cfg.backbone, cfg.transform)
-    assert time.perf_counter() - start < 5
+    assert time.perf_counter() - start < 20  # no hang: each hub probe gives up after 3 s (hub.py)
     assert cfg.backbone.image_size == 224 and cfg.transform.interpolation == "bicubic"
 
 
