@@ -128,6 +128,10 @@ class DataConfig:
     root: str | None = doc("folder holding downloaded data (cifar100, image_folder)", default=None)
     image_size: int = doc("side in pixels that folder images are resized to on load", default=224)
     download: bool = doc("let torchvision sources download when online", default=False)
+    class_names: str | None = doc(
+        "JSON file {folder: class name} for folder sources (default: root/class_names.json if present)",
+        default=None,
+    )
     skip_bad_images: bool = doc(
         "image folders: leave out files that cannot be read as images (each is decoded once "
         "on load and listed in the results) instead of stopping with an error naming the first",

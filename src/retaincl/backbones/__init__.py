@@ -1,4 +1,4 @@
-"""Backbones: the embedded EfficientNet-Lite0, any timm model, and the PETL ViT.
+"""Backbones: the embedded EfficientNet-Lite0, any timm model, the PETL ViT, and CLIP.
 
 Every module under this package is imported on first registry look-up, so a new
 backbone is one new file with ``@register_backbone("name")``.
@@ -20,6 +20,10 @@ def build_backbone(cfg: BackboneConfig, transform: TransformConfig | None = None
 def _build(cfg: BackboneConfig) -> Backbone:
     if cfg.name in BACKBONES:
         return BACKBONES.get(cfg.name)(cfg)
+    if cfg.name.startswith("clip:"):  # any open_clip model and tag: clip:ViT-B-16@openai
+        from retaincl.backbones.clip import CLIPBackbone
+
+        return CLIPBackbone(cfg)
     from retaincl.backbones.vit import ViTBackbone, is_timm_vit
 
     if is_timm_vit(cfg.name):  # timm ViTs get the PETL wrapper (same features, modules attachable)

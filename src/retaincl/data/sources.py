@@ -18,6 +18,11 @@ corrupt past the header, when the image is decoded. With ``data.skip_bad_images`
 image is decoded once on load and the unreadable ones are left out and listed in
 ``SourceData.skipped_images`` (and the results). Names starting with a dot
 (``.ipynb_checkpoints``, ``._x.jpg``) are neither classes nor images.
+
+Class names (what text encoders such as CLIP read): the digit words ``zero`` ..
+``nine`` for mnist5k and digits; torchvision's names for cifar100; the folder names for
+folders, mapped through a JSON file ``{"<folder>": "<name>"}`` when ``data.class_names``
+names one or ``root/class_names.json`` exists (ImageNet-R's WordNet-id folders).
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ from retaincl.data.images import (
     check_image_file,
 )
 from retaincl.registry import DATA_SOURCES, register_data_source
+
+#: class names of the digit sources: the words, as captions and prompts name digits.
+DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 __all__ = ["DataSourceError", "SourceData", "load_source", "per_class_split"]
 
@@ -129,7 +137,7 @@ def mnist5k(cfg: DataConfig) -> SourceData:
         "mnist5k",
         ArrayImageSet("mnist5k", "train", images[tr], y[tr]),
         ArrayImageSet("mnist5k", "test", images[te], y[te]),
-        [str(i) for i in range(10)],
+        list(DIGIT_NAMES),
     )
 
 
@@ -146,7 +154,7 @@ def digits(cfg: DataConfig) -> SourceData:
         "digits",
         ArrayImageSet("digits", "train", images[tr], y[tr]),
         ArrayImageSet("digits", "test", images[te], y[te]),
-        [str(i) for i in range(10)],
+        list(DIGIT_NAMES),
     )
 
 
@@ -242,6 +250,25 @@ def _report_skipped(skipped: list[dict[str, str]], where: Path) -> None:
         )
 
 
+def readable_names(cfg: DataConfig, root: Path, folders: list[str]) -> list[str]:
+    """Folder names mapped through ``data.class_names`` (or ``root/class_names.json``)."""
+    import json
+
+    path = Path(cfg.class_names).expanduser() if cfg.class_names else root / "class_names.json"
+    if not cfg.class_names and not path.is_file():
+        return list(folders)
+    try:
+        mapping = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise DataSourceError(f"data.class_names {str(path)!r} is not a readable JSON file ({err})") from err
+    if not isinstance(mapping, dict):
+        raise DataSourceError(f"data.class_names {str(path)!r} must hold one JSON object {{folder: name}}")
+    missing = [f for f in folders if f not in mapping]
+    if missing:
+        raise DataSourceError(f"data.class_names {str(path)!r} has no name for the folders {missing[:5]} ({len(missing)} missing)")
+    return [str(mapping[f]) for f in folders]
+
+
 def _root(cfg: DataConfig, source: str, layout: str) -> Path:
     if cfg.root is None:
         raise DataSourceError(f"{source} needs data.root: a folder laid out as {layout}")
@@ -266,7 +293,7 @@ def image_folder(cfg: DataConfig) -> SourceData:
         name,
         FolderImageSet(name, "train", tr_paths, np.asarray(tr_y), cfg.image_size),
         FolderImageSet(name, "test", te_paths, np.asarray(te_y), cfg.image_size),
-        names,
+        readable_names(cfg, root, names),
         skipped,
     )
 
@@ -296,7 +323,7 @@ def domain_folder(cfg: DataConfig) -> SourceData:
         s.domain_names = domains
         splits[split] = s
     _report_skipped(skipped, root)
-    return SourceData(f"domain_folder:{root.name}", splits["train"], splits["test"], names, skipped)
+    return SourceData(f"domain_folder:{root.name}", splits["train"], splits["test"], readable_names(cfg, root, names), skipped)
 
 
 def load_source(cfg: DataConfig) -> SourceData:

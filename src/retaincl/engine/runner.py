@@ -73,6 +73,7 @@ class Session:
         if cfg.loader.decode_once:
             decode_once(source, cfg.loader.workers)
         stream = build_stream(cfg.scenario, source)
+        stream.info.setdefault("class_names", [source.class_names[c] for c in stream.class_order])
         check_methods(cfg, stream)
         seed_everything(cfg.seed)  # randomly initialised backbones (mlp, pretrained=false) follow the run seed
         backbone = prepare_backbone(build_backbone(cfg.backbone, cfg.transform).to(device).eval(), device)
@@ -229,6 +230,7 @@ def build_learner(session: Session, method: str) -> Learner:
         scenario=kind,
         quiet=session.cfg.quiet or not distributed.is_main(),
         eval_batch_size=session.cfg.eval.batch_size,
+        class_names=list(session.stream.info.get("class_names", [])),
     )
     return cls(params, ctx)
 

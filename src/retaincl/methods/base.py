@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -60,6 +60,8 @@ class LearnerContext:
     eval_batch_size: int = 256
     #: where :meth:`Learner.log` sends scalars (the runner's metric logs); None = nowhere
     log: Callable[[str, float], None] | None = None
+    #: name of each stream label (label k is ``class_names[k]``), for text encoders (CLIP).
+    class_names: list[str] = field(default_factory=list)
 
 
 class Learner:
