@@ -76,6 +76,26 @@ def test_another_config_never_overwrites_finished_results(args, tmp_path, capsys
     assert after["config"]["scenario"]["class_order"] == [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]
 
 
+def test_results_written_before_a_key_existed_are_reused_while_it_keeps_its_default(args, tmp_path, capsys, monkeypatch):
+    assert main(args()) == 0
+    [results] = (tmp_path / "runs").rglob("results.json")
+    res = json.loads(results.read_text())
+    # as if written by a retaincl without the keys data.root and transform.train_hflip
+    del res["hashed_config"]["data"]["root"], res["hashed_config"]["transform"]["train_hflip"]
+    res["config_hash"] = "0123456789abcdef"
+    results.write_text(json.dumps(res))
+    capsys.readouterr()
+
+    def never(self, task):
+        raise AssertionError("a finished run was computed again")
+
+    monkeypatch.setattr(METHODS.get("simplecil"), "fit", never)
+    assert main(args()) == 0  # both keys at their defaults now: the same config, reused
+    # a key the old run did not have, set to something else now: another config
+    assert main(args("data.root=/elsewhere")) == 2
+    assert "data.root" in error_line(capsys)
+
+
 def test_another_config_never_continues_a_checkpoint(make_digits_config, monkeypatch):
     cls = METHODS.get("finetune")
     original = cls.fit

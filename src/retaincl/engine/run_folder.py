@@ -71,6 +71,31 @@ def config_differences(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
     return "; ".join(shown) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "") if keys else "same values"
 
 
+def _plain(tree: Any) -> Any:
+    """``tree`` as it reads back from JSON (tuples as lists, non-JSON values as strings)."""
+    return json.loads(json.dumps(tree, sort_keys=True, default=str))
+
+
+def same_config(stored_hash: Any, stored: Any, chash: str, hashed: dict[str, Any]) -> bool:
+    """Whether a folder's results or checkpoint (``stored_hash``, ``stored`` hashed config)
+    belong to this config (``chash``, ``hashed``).
+
+    Equal hashes, or: every key stored has the same value now, and every key the stored
+    config lacks (a key added to retaincl after it was written) has its default value now,
+    so the run would have used it. A key that is gone, or a new key set to something else,
+    is another config."""
+    if stored_hash == chash:
+        return True
+    if not isinstance(stored, dict) or not isinstance(hashed.get("methods"), dict) or len(hashed["methods"]) != 1:
+        return False
+    (method,) = hashed["methods"]
+    old, new = _flatten(_plain(stored)), _flatten(_plain(hashed))
+    if set(old) - set(new) or any(old[k] != new[k] for k in old):
+        return False
+    defaults = _flatten(_plain(hashed_config(ExperimentConfig(), method)))
+    return all(k in defaults and new[k] == defaults[k] for k in set(new) - set(old))
+
+
 def read_finished_results(path: Path) -> dict[str, Any] | None:
     """A results file written by a finished run, or None when absent or unreadable."""
     if not path.exists():
@@ -111,16 +136,17 @@ def open_run_folder(
         )
 
     finished = read_finished_results(results_path)
-    if finished is not None and finished.get("config_hash") != chash and not overwrite:
+    ours = finished is not None and same_config(finished.get("config_hash"), finished.get("hashed_config"), chash, hashed)
+    if finished is not None and not ours and not overwrite:
         raise refuse(results_path, finished.get("hashed_config"))
-    if finished is not None and finished.get("config_hash") == chash and resume:
+    if ours and resume:
         return finished, None
     if finished is not None:
         results_path.unlink()
     if not (resume and not overwrite and ckpt_path.exists()):
         return None, None
     ckpt = load_checkpoint(ckpt_path)
-    if ckpt.get("config_hash") != chash:
+    if not same_config(ckpt.get("config_hash"), ckpt.get("hashed_config"), chash, hashed):
         raise refuse(ckpt_path, ckpt.get("hashed_config"))
     threads = torch.get_num_threads()
     if ckpt.get("threads", threads) != threads:
