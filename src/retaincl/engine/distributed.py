@@ -459,24 +459,10 @@ def state_fingerprint(learner: Any) -> dict[str, Any]:
     """The learner's generator state (exact) and, per learned-state tensor, its sum and sum
     of absolute values (float64): what :func:`check_consistent` compares across ranks."""
     sums: dict[str, tuple[float, float]] = {}
-
-    def visit(value: Any, key: str) -> None:
-        if isinstance(value, nn.Module):
-            for name, t in value.state_dict().items():
-                visit(t, f"{key}.{name}")
-        elif isinstance(value, torch.Tensor):
-            if value.is_floating_point():
-                v = value.detach().double()
-                sums[key] = (float(v.sum()), float(v.abs().sum()))
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                visit(v, f"{key}.{k}")
-        elif isinstance(value, (list, tuple)):
-            for i, v in enumerate(value):
-                visit(v, f"{key}[{i}]")
-
-    for attr in learner.state_attrs:
-        visit(getattr(learner, attr, None), attr)
+    for key, value in learner.state_tensors():
+        if value.is_floating_point():
+            v = value.detach().double()
+            sums[key] = (float(v.sum()), float(v.abs().sum()))
     return {"generator": learner.generator.get_state().tolist(), "sums": sums}
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -211,30 +211,36 @@ class Learner:
         if self.ctx.log is not None:
             self.ctx.log(key, float(value.detach() if isinstance(value, torch.Tensor) else value))
 
+    def state_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """``(name, tensor)`` for every tensor of the learned state (``state_attrs``; modules'
+        parameters and buffers, dicts and lists walked), in place, without copies."""
+
+        def visit(value: Any, key: str) -> Iterator[tuple[str, torch.Tensor]]:
+            if isinstance(value, nn.Module):
+                for name, t in value.state_dict(keep_vars=False).items():
+                    yield from visit(t, f"{key}.{name}")
+            elif isinstance(value, torch.Tensor):
+                yield key, value
+            elif isinstance(value, dict):
+                for k, v in value.items():
+                    yield from visit(v, f"{key}.{k}")
+            elif isinstance(value, (list, tuple)):
+                for i, v in enumerate(value):
+                    yield from visit(v, f"{key}[{i}]")
+
+        for attr in self.state_attrs:
+            yield from visit(getattr(self, attr, None), attr)
+
     def nonfinite_state(self) -> list[str]:
         """Names of the learned-state tensors (``state_attrs``, modules' parameters and
         buffers included) that hold a NaN or an infinity; empty when all are finite.
         Read in place, without copying the state."""
         bad: list[str] = []
-
-        def visit(value: Any, key: str) -> None:
-            if isinstance(value, nn.Module):
-                for name, t in value.state_dict(keep_vars=False).items():
-                    visit(t, f"{key}.{name}")
-            elif isinstance(value, torch.Tensor):
-                if value.is_floating_point() or value.is_complex():
-                    flat = value.detach().reshape(-1)
-                    if not all(bool(torch.isfinite(c).all()) for c in flat.split(1 << 24)):
-                        bad.append(key)
-            elif isinstance(value, dict):
-                for k, v in value.items():
-                    visit(v, f"{key}.{k}")
-            elif isinstance(value, (list, tuple)):
-                for i, v in enumerate(value):
-                    visit(v, f"{key}[{i}]")
-
-        for attr in self.state_attrs:
-            visit(getattr(self, attr, None), attr)
+        for key, value in self.state_tensors():
+            if value.is_floating_point() or value.is_complex():
+                flat = value.detach().reshape(-1)
+                if not all(bool(torch.isfinite(c).all()) for c in flat.split(1 << 24)):
+                    bad.append(key)
         return bad
 
     def progress(self, iterable: Iterable, desc: str, total: int | None = None) -> Iterable:
