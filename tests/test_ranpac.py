@@ -31,40 +31,74 @@ def relu_features(rng, n, d=20, m=300, scale=100.0):
     return np.maximum(scale * (rng.normal(size=(n, d)) + 0.5) @ w, 0.0)
 
 
-def test_range_form_is_exact_on_rank_deficient_gram_at_tiny_ridge():
+def ridge_svd(h: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
+    """Independent exact ridge weights from the SVD ``H = U S V^T``: ``V S / (S^2 + lam) U^T Y``,
+    well defined for every lambda > 0 whatever the shape and rank of ``H``."""
+    u, s, vt = np.linalg.svd(h, full_matrices=False)
+    keep = s > 1e-12 * s.max()
+    u, s, vt = u[:, keep], s[keep], vt[keep]
+    return vt.T @ ((s / (s**2 + lam))[:, None] * (u.T @ y))
+
+
+def test_kernel_form_is_exact_on_rank_deficient_gram_at_tiny_ridge():
     """G = sum of 3 tasks' h h^T, rank 120 in M = 300, lambda = 1e-8: the weights equal the
-    kernel-form solution; the naive (G + 1e-8 I) solve of the full matrix does not."""
+    kernel-form solution; the naive (G + 1e-8 I) solve of the full matrix does not. The
+    statistics keep the inputs and lift them again: no M-sized copy of the samples."""
     rng = np.random.default_rng(0)
-    h = relu_features(rng, 120)
+    x = rng.normal(size=(120, 20)) + 0.5
+    w = rng.normal(size=(20, 300))
+    h = np.maximum(100.0 * x @ w, 0.0)
     y = np.eye(6)[rng.integers(0, 6, 120)]
-    stats = RidgeStatistics(300, 6, torch.device("cpu"))
+    wt = torch.tensor(w)
+    stats = RidgeStatistics(300, 6, torch.device("cpu"), lift=lambda v: torch.relu(100.0 * v.double() @ wt))
     for part in np.split(np.arange(120), 3):
-        stats.add(torch.tensor(h[part]), torch.tensor(y[part]))
-    assert stats.blocks is not None and stats.rank == 120
+        stats.add(torch.tensor(x[part]), torch.tensor(y[part]))
+    assert stats.form == "kernel" and stats.order == 120
+    assert stats.nbytes() == 120 * 120 * 8 + 120 * 6 * 8 + 120 * 20 * 8  # K, Y, the (float64) inputs
     g = h.T @ h
     assert np.linalg.norm(g, 2) > 1e8  # eps * ||G|| >> 1e-8: the full system is singular in float64
     for lam in (1e-8, 1e-2, 1e3, 1e8):
         expected = kernel_ridge(h, y, lam)
+        np.testing.assert_allclose(ridge_svd(h, y, lam), expected, rtol=1e-6, atol=1e-9 * np.abs(expected).max())
         got = stats.solve(lam).numpy()
-        np.testing.assert_allclose(got, expected, rtol=1e-7, atol=1e-9 * np.abs(expected).max())
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9 * np.abs(expected).max())
     naive = np.linalg.solve(g + 1e-8 * np.eye(300), h.T @ y)
     assert np.abs(naive - kernel_ridge(h, y, 1e-8)).max() > 1e-3 * np.abs(kernel_ridge(h, y, 1e-8)).max()
-    np.testing.assert_allclose(stats.gram().numpy(), g, rtol=1e-9, atol=1e-9 * np.abs(g).max())
+    np.testing.assert_allclose(stats.gram().numpy(), g, rtol=1e-6, atol=1e-9 * np.abs(g).max())
+    np.testing.assert_allclose(stats.class_matrix().numpy(), h.T @ y, rtol=1e-6, atol=1e-9 * np.abs(h).max())
+
+
+def test_kernel_form_holds_duplicate_samples_at_tiny_ridge():
+    """A sample seen twice makes K singular; the solve on K's range stays exact."""
+    rng = np.random.default_rng(4)
+    h = np.maximum(100.0 * (rng.normal(size=(40, 10)) + 0.5) @ rng.normal(size=(10, 200)), 0.0)
+    h[20:30] = h[:10]
+    y = np.eye(3)[rng.integers(0, 3, 40)]
+    y[20:30] = y[:10]
+    stats = RidgeStatistics(200, 3, torch.device("cpu"))
+    for part in np.split(np.arange(40), 2):
+        stats.add(torch.tensor(h[part]), torch.tensor(y[part]))
+    for lam in (1e-8, 1.0):
+        expected = ridge_svd(h, y, lam)
+        np.testing.assert_allclose(stats.solve(lam).numpy(), expected, rtol=1e-6, atol=1e-8 * np.abs(expected).max())
 
 
 def test_full_form_and_switch_are_exact():
-    """Past M/2 the statistics become the full G; a singular full G at lambda 1e-8 is solved on its range."""
+    """Past N = M the statistics become the full G (rank 60 of M = 100 here: a null space);
+    a singular full G at lambda 1e-8 is solved on its range."""
     rng = np.random.default_rng(1)
-    h = relu_features(rng, 90, d=100, m=100)
-    y = np.eye(4)[rng.integers(0, 4, 90)]
+    h = rng.normal(size=(150, 60)) @ rng.normal(size=(60, 100))
+    y = np.eye(4)[rng.integers(0, 4, 150)]
     stats = RidgeStatistics(100, 4, torch.device("cpu"))
-    for part in np.split(np.arange(90), 3):  # 30, 60 (range form), then 90 > 50: full form
+    for k, part in enumerate(np.split(np.arange(150), 3)):  # 50, 100 (kernel form), then 150 > 100: full
         stats.add(torch.tensor(h[part]), torch.tensor(y[part]))
-    assert stats.blocks is None
+        assert stats.form == ("kernel" if k < 2 else "full")
     for lam in (1e-8, 1.0, 1e6):
-        expected = kernel_ridge(h, y, lam)
+        expected = ridge_svd(h, y, lam)
         np.testing.assert_allclose(stats.solve(lam).numpy(), expected, rtol=1e-6, atol=1e-8 * np.abs(expected).max())
     # solve_psd on a singular full G (rank 90 of 100) at 1e-8 through the eigen fallback
+    h = relu_features(rng, 90, d=100, m=100)
+    y = np.eye(4)[rng.integers(0, 4, 90)]
     g = torch.tensor(h.T @ h)
     got = solve_psd(g, torch.tensor(h.T @ y), 1e-8, singular=True).numpy()
     np.testing.assert_allclose(got, kernel_ridge(h, y, 1e-8), rtol=1e-5, atol=1e-7 * np.abs(got).max())
@@ -185,10 +219,10 @@ def exact_correct_per_task(session, res, m):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [
-    # the default M = 10000, lambda chosen per task: range form throughout (N = 1438 < M / 2)
+    # the default M = 10000, lambda chosen per task: kernel form throughout (N = 1438 < M)
     {"methods.ranpac.projection_dim": 10000},
-    # lambda = 1e-8, the value that broke the old solve (70.8% on 0 vs 1); M = 2000 switches
-    # to the full G at task 3 (N > M / 2), whose null space then meets lambda = 1e-8
+    # lambda = 1e-8, the value that broke the old solve (70.8% on 0 vs 1), in the kernel form
+    # (M = 2000 > N); the full form at lambda = 1e-8 is test_full_form_and_switch_are_exact
     {"methods.ranpac.projection_dim": 2000, "methods.ranpac.ridge": 1e-8},
 ])
 def test_digits_accuracy_equals_exact_ridge_on_every_task(make_digits_config, extra):
@@ -217,7 +251,7 @@ def test_resume_rebuilds_or_loads_the_statistics_bit_for_bit(saved):
     learn_tasks(a, labels, [[0], [1]])
     buf = io.BytesIO()
     torch.save(a.state_dict(), buf)
-    assert (buf.tell() > 100 * 60 * 8) == saved  # the basis (M x 60 float64) only when saved
+    assert (buf.tell() > 60 * 60 * 8) == saved  # the kernel (N x N float64, N = 60) only when saved
     b = RanPAC(params, fake_context(feats, 3))
     b.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
     if not saved:

@@ -34,6 +34,7 @@ from retaincl.engine.environment import (
     environment,
     peak_memory_mb,
     resolve_device,
+    return_large_blocks_to_the_os,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -75,6 +76,7 @@ class Session:
         stream = build_stream(cfg.scenario, source)
         stream.info.setdefault("class_names", [source.class_names[c] for c in stream.class_order])
         check_methods(cfg, stream)
+        return_large_blocks_to_the_os()
         seed_everything(cfg.seed)  # randomly initialised backbones (mlp, pretrained=false) follow the run seed
         backbone = prepare_backbone(build_backbone(cfg.backbone, cfg.transform).to(device).eval(), device)
         backbone.requires_grad_(False)

@@ -26,20 +26,20 @@ error of tiny lambdas, so it never picks them; the tolerance makes that preferen
 explicit and deterministic. 1e-3 is far above float64 round-off in the errors and far
 below differences that change a prediction (a 0.1% change of a 20% hold-out's MSE).
 
-The final solve is exact for every lambda the search can choose (issue 9.3). ``G`` has
-rank at most the number of samples seen, ``N``; while ``N`` is small against ``M`` the
-statistics are kept in range form (:class:`RidgeStatistics`): an orthonormal basis ``Q``
-(M x r) of the span of every ``h`` seen, ``K = Q^T G Q`` (r x r) and ``Q^T C``, so that
-``G = Q K Q^T`` and ``C = Q (Q^T C)`` hold exactly. Since ``C`` lies in the range of ``G``,
-``(G + lambda I)^-1 C = Q (K + lambda I)^-1 Q^T C`` for every lambda > 0, and ``K`` has no
-null space, so even lambda = 1e-8 is a well-posed r x r solve. (Solving the full M x M
-system at lambda = 1e-8 is not: ``G``'s null space gives eigenvalues of size
-eps * ||G|| >> 1e-8, Cholesky fails, and LU returns garbage; the official float32 code
-never meets this because its search never picks tiny lambdas.) Each task costs
-``O(M r n)`` instead of ``O(M^2 n + M^3)``. Once ``r`` would exceed ``M / 2`` the
-statistics switch to the full ``G`` (M x M) and ``C``; a full ``G`` with a numerically
-singular ``G + lambda I`` is solved by its eigendecomposition restricted to its range
-(:func:`solve_full`), never by LU.
+The final solve is exact for every lambda the search can choose (issue 9.3). While the
+number of samples seen ``N`` is at most ``M`` the statistics are kept in kernel form
+(:class:`RidgeStatistics`): the features ``f`` of every sample seen, the one-hot targets
+``Y`` and ``K = H H^T`` (N x N); by the push-through identity
+``(G + lambda I)^-1 C = H^T (K + lambda I)^-1 Y`` for every lambda > 0, with ``H`` lifted
+again from ``f`` a chunk at a time, so no M x N matrix is kept (issue 17.3: 8 N^2 bytes
+instead of an M x N basis). ``K + lambda I`` is solved by Cholesky while lambda dominates
+the round-off of K's null directions and by K's eigendecomposition on its range otherwise
+(:func:`solve_psd`). (Solving the full M x M system at lambda = 1e-8 by Cholesky or LU is
+not well posed: ``G``'s null space gives eigenvalues of size eps * ||G|| >> 1e-8, Cholesky
+fails, and LU returns garbage; the official float32 code never meets this because its
+search never picks tiny lambdas.) Past ``N = M`` the statistics switch to the full ``G``
+(M x M) and ``C``, solved the same way. The official code keeps ``G`` itself (RanPAC.py);
+the kernel form gives the same weights to round-off (tests/test_ranpac.py).
 
 Phase 1 (PETL adaptation of a ViT on the first task) is ``ranpac_petl``
 (:mod:`retaincl.methods.ranpac_phase1`); here phase 2 runs alone, on any backbone.
@@ -47,6 +47,7 @@ Phase 1 (PETL adaptation of a ViT on the first task) is ``ranpac_petl``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,138 +143,166 @@ def solve_psd(a: torch.Tensor, b: torch.Tensor, lam: float, singular: bool = Fal
 class RidgeStatistics:
     """``G = sum h h^T`` and ``C = sum h y^T``, kept exactly, and ``(G + lambda I)^-1 C``.
 
-    Range form (while the rank ``r`` stays within ``M / 2``): ``blocks``, orthonormal
-    blocks whose columns together form ``Q`` (M x r), a basis of the span of every ``h``
-    seen; ``core = Q^T G Q`` (r x r) and ``coords = Q^T C`` (r x C). Adding samples ``H``
-    (n x M): ``B = Q^T H^T``; the residual ``P = H^T - Q B`` (orthogonalised a second time
-    when a column lost more than four digits to cancellation, "twice is enough") is
-    factored ``P = Q_new R`` by Householder QR; the samples' coordinates ``Z = [B; R]``
-    update ``core += Z Z^T`` and ``coords += Z Y``, and ``Q_new`` joins the basis. Storage
-    and work grow with the number of samples seen, never with ``M^2``.
+    ``h = lift(x)``: the statistics store the inputs ``x`` (for RanPAC the backbone's
+    D-dim features) and the fixed map ``lift`` (the random projection and ReLU), so that
+    no ``M``-sized copy of the samples is ever kept.
 
-    Full form (``blocks is None``, once ``r`` would pass ``M / 2``): ``core = G`` (M x M),
-    ``coords = C``, as the official code.
+    Kernel form (while the number of samples seen ``N`` is at most ``M``): the inputs,
+    the one-hot targets ``Y`` (N x C) and the kernel ``K = H H^T`` (N x N), grown by one
+    block row per task from the new samples' ``h`` against the earlier ones' (lifted again,
+    a chunk at a time). By the push-through identity
+    ``(G + lambda I)^-1 C = H^T (K + lambda I)^-1 Y`` for every lambda > 0, and ``H^T``
+    is applied by lifting the inputs again, a chunk at a time. Storage is ``8 N^2`` bytes
+    plus the inputs; no ``M x N`` matrix exists, even transiently.
 
-    Everything is float64: with float32 blocks the basis loses orthogonality (1e-4 after
-    five tasks of the default benchmark) and the weights move by 1e-3 relative; in float64
-    they equal an independent kernel-form solve to 1e-10 (tests/test_ranpac.py).
+    Full form (``inputs is None``, once ``N`` would pass ``M``): ``core = G`` (M x M) and
+    ``coords = C``, as the official code; under torchrun each rank adds its share of the
+    new rows and the sums are all-reduced. (The kernel form runs whole on every rank.)
+
+    Everything is float64 from the float32 ``h``; the weights equal an independent
+    kernel-form solve to 1e-10 (tests/test_ranpac.py).
     """
 
-    def __init__(self, dim: int, num_classes: int, device: torch.device, reorth_ratio: float = 1e-4) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_classes: int,
+        device: torch.device,
+        lift: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        chunk_rows: int = 1024,
+    ) -> None:
         self.dim = dim
-        self.reorth_ratio = reorth_ratio
-        self.blocks: list[torch.Tensor] | None = []
+        self.num_classes = num_classes
+        self.device = device
+        self.lift = lift
+        self.chunk_rows = chunk_rows
         self.samples = 0
-        self.core = torch.zeros(0, 0, dtype=torch.float64, device=device)
-        self.coords = torch.zeros(0, num_classes, dtype=torch.float64, device=device)
+        self.inputs: list[torch.Tensor] | None = []
+        self.targets = torch.zeros(0, num_classes, dtype=torch.float64, device=device)
+        self.kernel = torch.zeros(0, 0, dtype=torch.float64, device=device)
+        self.core: torch.Tensor | None = None
+        self.coords: torch.Tensor | None = None
 
     @property
-    def rank(self) -> int:
-        return self.dim if self.blocks is None else int(self.core.shape[0])
+    def form(self) -> str:
+        return "full" if self.inputs is None else "kernel"
 
-    def _project(self, x: torch.Tensor) -> torch.Tensor:
-        """``Q^T x`` block by block."""
-        return torch.cat([q.T @ x for q in self.blocks]) if self.blocks else x.new_zeros(0, x.shape[1])
+    @property
+    def order(self) -> int:
+        """The order of the stored matrix: ``N`` (kernel form) or ``M`` (full form)."""
+        return self.dim if self.inputs is None else int(self.kernel.shape[0])
 
-    def _subtract(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """``x - Q b`` block by block, in place."""
+    def _lifted(self, x: torch.Tensor) -> torch.Tensor:
+        h = x if self.lift is None else self.lift(x)
+        return h.to(self.device, torch.float64)
+
+    def _chunks(self):
+        """``(first row, lifted rows)`` of the stored inputs, a chunk at a time, always cut
+        the same way (so a rebuilt state is bit for bit the same)."""
         row = 0
-        for q in self.blocks:
-            x.addmm_(q, b[row : row + q.shape[1]], alpha=-1.0)
-            row += q.shape[1]
-        return x
+        for block in self.inputs or []:
+            for part in block.split(self.chunk_rows):
+                yield row, self._lifted(part)
+                row += part.shape[0]
 
-    def add(self, h: torch.Tensor, y: torch.Tensor) -> None:
-        """Accumulate samples ``h`` (n x M) with one-hot targets ``y`` (n x C)."""
-        y = y.to(self.coords.device, torch.float64)
-        self.samples += int(h.shape[0])
-        if self.blocks is not None and self.rank + h.shape[0] > self.dim // 2:
+    def add(self, x: torch.Tensor, y: torch.Tensor, lifted: torch.Tensor | None = None) -> None:
+        """Accumulate samples with inputs ``x`` (n x D) and one-hot targets ``y`` (n x C);
+        ``lifted``, if given, is ``lift(x)`` already computed."""
+        y = y.to(self.device, torch.float64)
+        n = int(x.shape[0])
+        self.samples += n
+        if self.inputs is not None and self.samples > self.dim:
             self.to_full()
-        if self.blocks is None:  # a sum over rows: under torchrun each rank adds its share
-            mine = torch.as_tensor(distributed.local_rows(int(h.shape[0])), device=h.device)
-            hm, ym = h[mine].double(), y[mine]
-
-            def add(t: list[torch.Tensor]) -> None:
-                t[0] += hm.T @ hm
-                t[1] += hm.T @ ym
-
-            distributed.add_reduced_([self.core, self.coords], add)
+        if self.inputs is None:
+            self._add_full(x, y)
             return
-        p = h.T.double().contiguous()  # becomes the residual, in place
-        norms = p.norm(dim=0)
-        b = self._project(p)
-        self._subtract(p, b)
-        if self.blocks and bool((p.norm(dim=0) < self.reorth_ratio * norms).any()):
-            b2 = self._project(p)
-            self._subtract(p, b2)
-            b += b2
-        q, rp = torch.linalg.qr(p)
-        del p
-        z = torch.cat([b, rp])
-        r, k = self.rank, q.shape[1]
-        core = torch.zeros(r + k, r + k, dtype=torch.float64, device=q.device)
-        core[:r, :r] = self.core
-        self.core = None  # free the old core before the update
-        core.addmm_(z, z.T)
-        coords = torch.zeros(r + k, y.shape[1], dtype=torch.float64, device=q.device)
-        coords[:r] = self.coords
-        coords.addmm_(z, y)
-        self.core, self.coords = core, coords
-        self.blocks.append(q)
+        h = self._lifted(x) if lifted is None else lifted.to(self.device, torch.float64)
+        old = self.order
+        kernel = torch.empty(old + n, old + n, dtype=torch.float64, device=self.device)
+        kernel[:old, :old] = self.kernel
+        self.kernel = None  # free the old kernel before the new block is filled
+        for row, hb in self._chunks():
+            kernel[row : row + hb.shape[0], old:] = hb @ h.T
+        kernel[old:, :old] = kernel[:old, old:].T
+        kernel[old:, old:] = h @ h.T
+        self.kernel = kernel
+        self.inputs.append(x.detach().to(self.device).clone())
+        self.targets = torch.cat([self.targets, y])
+
+    def _add_full(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """``G += H^T H``, ``C += H^T Y``: a sum over rows, each rank adding its share."""
+        mine = torch.as_tensor(distributed.local_rows(int(x.shape[0])), device=x.device)
+        hm, ym = self._lifted(x[mine]), y[mine.to(y.device)]
+
+        def add(t: list[torch.Tensor]) -> None:
+            t[0] += hm.T @ hm
+            t[1] += hm.T @ ym
+
+        distributed.add_reduced_([self.core, self.coords], add)
 
     def to_full(self) -> None:
-        """Switch to the full ``G`` and ``C``: ``G = Q K Q^T``, ``C = Q (Q^T C)``."""
-        q = torch.cat(self.blocks, dim=1) if self.blocks else self.core.new_zeros(self.dim, 0)
-        self.core = q @ self.core @ q.T
-        self.coords = q @ self.coords
-        self.blocks = None
+        """Switch to the full ``G = H^T H`` and ``C = H^T Y`` (the same on every rank)."""
+        core = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=self.device)
+        coords = torch.zeros(self.dim, self.num_classes, dtype=torch.float64, device=self.device)
+        for row, hb in self._chunks():
+            core.addmm_(hb.T, hb)
+            coords.addmm_(hb.T, self.targets[row : row + hb.shape[0]])
+        self.core, self.coords = core, coords
+        self.inputs, self.kernel, self.targets = None, None, None
+
+    def _apply_transpose(self, a: torch.Tensor) -> torch.Tensor:
+        """``H^T a`` (M x k) for ``a`` (N x k), lifting the inputs a chunk at a time."""
+        out = a.new_zeros(self.dim, a.shape[1])
+        for row, hb in self._chunks():
+            out.addmm_(hb.T, a[row : row + hb.shape[0]])
+        return out
 
     def solve(self, lam: float) -> torch.Tensor:
         """``(G + lam I)^-1 C`` (M x C), exact for every ``lam > 0``."""
-        if self.blocks is None:
+        if self.inputs is None:
             return solve_psd(self.core, self.coords, lam, singular=True)
-        out = self.coords.new_zeros(self.dim, self.coords.shape[1])
-        if not self.blocks:
-            return out
-        a = solve_psd(self.core, self.coords, lam)
-        row = 0
-        for q in self.blocks:
-            out += q @ a[row : row + q.shape[1]]
-            row += q.shape[1]
-        return out
+        if not self.order:
+            return self.targets.new_zeros(self.dim, self.num_classes)
+        return self._apply_transpose(solve_psd(self.kernel, self.targets, lam, singular=True))
 
     def gram(self) -> torch.Tensor:
         """``G`` (M x M), for tests and inspection."""
-        if self.blocks is None:
+        if self.inputs is None:
             return self.core
-        q = torch.cat(self.blocks, dim=1) if self.blocks else self.core.new_zeros(self.dim, 0)
-        return q @ self.core @ q.T
+        g = self.targets.new_zeros(self.dim, self.dim)
+        for _, hb in self._chunks():
+            g.addmm_(hb.T, hb)
+        return g
 
     def class_matrix(self) -> torch.Tensor:
         """``C`` (M x C)."""
-        if self.blocks is None:
-            return self.coords
-        q = torch.cat(self.blocks, dim=1) if self.blocks else self.coords.new_zeros(self.dim, 0)
-        return q @ self.coords
+        return self.coords if self.inputs is None else self._apply_transpose(self.targets)
 
     def nbytes(self) -> int:
         """Bytes of the statistics (what a checkpoint holds of them)."""
-        tensors = [self.core, self.coords] + (self.blocks or [])
+        if self.inputs is None:
+            tensors = [self.core, self.coords]
+        else:
+            tensors = [self.kernel, self.targets, *self.inputs]
         return int(sum(t.numel() * t.element_size() for t in tensors))
 
     def state(self) -> dict:
-        """Everything, for ``checkpoint_statistics: true`` (range form: the basis blocks,
-        never modified in place)."""
-        if self.blocks is None:  # the full G is updated in place
-            return {"blocks": None, "core": self.core.clone(), "coords": self.coords.clone(), "samples": self.samples}
-        return {"blocks": list(self.blocks), "core": self.core, "coords": self.coords, "samples": self.samples}
+        """Everything, for ``checkpoint_statistics: true`` (the kernel form's tensors are
+        replaced, never modified in place; the full G is updated in place, so it is copied)."""
+        if self.inputs is None:
+            return {"form": "full", "core": self.core.clone(), "coords": self.coords.clone(), "samples": self.samples}
+        return {"form": "kernel", "inputs": list(self.inputs), "targets": self.targets, "kernel": self.kernel,
+                "samples": self.samples}
 
     def load(self, state: dict, device: torch.device) -> None:
         self.samples = int(state["samples"])
-        blocks = state["blocks"]
-        self.blocks = None if blocks is None else [q.to(device) for q in blocks]
-        self.core = state["core"].to(device)
-        self.coords = state["coords"].to(device)
+        if state["form"] == "full":
+            self.inputs, self.kernel, self.targets = None, None, None
+            self.core, self.coords = state["core"].to(device), state["coords"].to(device)
+        else:
+            self.inputs = [x.to(device) for x in state["inputs"]]
+            self.targets, self.kernel = state["targets"].to(device), state["kernel"].to(device)
+            self.core, self.coords = None, None
 
 
 def ridge_solve(gram: torch.Tensor, targets: torch.Tensor, lam: float) -> torch.Tensor:
@@ -299,7 +328,7 @@ class RanPACParams:
         "h = relu(f W_rand) (RanPAC); false = h = f, no projection nor ReLU (ablation)", default=True
     )
     checkpoint_statistics: bool = doc(
-        "save G and C in each checkpoint (8 M min(N, M/2) bytes); false = a resume rebuilds them, bit for bit, "
+        "save G and C in each checkpoint (kernel form: 8 N^2 bytes and the N features; full form: 8 M^2); false = a resume rebuilds them, bit for bit, "
         "from the finished tasks' features",
         default=False,
     )
@@ -330,14 +359,18 @@ class RanPAC(Learner):
             raise ValueError("methods.ranpac.projection_dim must be >= 0")
         project = params.projection_dim > 0 and params.random_projection
         g = torch.Generator().manual_seed(ctx.seed)
-        m = params.projection_dim if project else d
+        self.lifted_dim = params.projection_dim if project else d
         self.w_rand = torch.randn(d, params.projection_dim, generator=g).to(self.device) if project else None
-        self.stats = RidgeStatistics(m, ctx.num_classes, self.device)
-        self.weights = torch.zeros(m, ctx.num_classes, dtype=torch.float32, device=self.device)
+        self.stats = self.new_statistics()
+        self.weights = torch.zeros(self.lifted_dim, ctx.num_classes, dtype=torch.float32, device=self.device)
         self.ridge = float("nan")
         self.ridge_history: list[float] = []
         self.ridge_mse: list[list[float]] = []
         self._pending_samples: int | None = None  # set by a load without statistics until restore_tasks
+
+    def new_statistics(self) -> RidgeStatistics:
+        """Empty G and C over ``h = project(f)``; the stored inputs are the features ``f``."""
+        return RidgeStatistics(self.lifted_dim, self.ctx.num_classes, self.device, lift=self.project)
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """``h(x) = relu(f(x) W_rand)`` (identity when projection_dim is 0)."""
@@ -350,8 +383,8 @@ class RanPAC(Learner):
         h = self.project(feats)
         y = F.one_hot(labels.to(self.device), self.ctx.num_classes).double()
         if not self.params.accumulate:
-            self.stats = RidgeStatistics(self.stats.dim, self.ctx.num_classes, self.device)
-        self.stats.add(h, y)
+            self.stats = self.new_statistics()
+        self.stats.add(feats, y, lifted=h)
         return h, y
 
     def fit(self, task: Task) -> None:
@@ -386,7 +419,7 @@ class RanPAC(Learner):
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.stats = RidgeStatistics(self.stats.dim, self.ctx.num_classes, self.device)
+        self.stats = self.new_statistics()
         if "ridge_statistics" in state:
             self.stats.load(state["ridge_statistics"], self.device)
             self._pending_samples = None
@@ -412,6 +445,6 @@ class RanPAC(Learner):
             **super().describe(),
             "ridge_per_task": list(self.ridge_history),
             "ridge_validation_mse": [list(x) for x in self.ridge_mse],
-            "statistics_form": "range" if self.stats.blocks is not None else "full",
-            "statistics_rank": self.stats.rank,
+            "statistics_form": self.stats.form,
+            "statistics_order": self.stats.order,
         }
