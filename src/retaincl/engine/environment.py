@@ -44,7 +44,7 @@ def seed_everything(seed: int) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-MMAP_THRESHOLD = 4 << 20  # bytes; see return_large_blocks_to_the_os
+MMAP_THRESHOLD = 16 << 20  # bytes; see return_large_blocks_to_the_os
 
 
 def return_large_blocks_to_the_os(threshold: int = MMAP_THRESHOLD) -> bool:
@@ -55,8 +55,11 @@ def return_large_blocks_to_the_os(threshold: int = MMAP_THRESHOLD) -> bool:
     freed holes it rarely returns: on the default benchmark the resident set then creeps
     up by 50-100 MB per task (RanPAC's per-task blocks) although nothing is held.
     Fixing the threshold keeps large tensors in their own mappings, returned on free
-    (peak 1.69 GB -> 1.39 GB with RanPAC, 1.13 -> 0.98 GB with SimpleCIL:
-    ``benchmarks/default_benchmark.py``). A no-op (False) where libc is not glibc.
+    (``retaincl run --method ranpac``: peak 1.69 -> 1.40 GB; ``--method simplecil``: 1.13 ->
+    1.00 GB). 16 MB, not lower: at 4 MB a ViT-Tiny training step at 224 px (batch 32, CPU)
+    took 30% longer, every mid-size activation then being a fresh mmap; at 16 MB it takes
+    the same time, and at 32 MB (glibc's own ceiling) RanPAC's 32 MB blocks stay on the
+    heap again (1.62 GB). A no-op (False) where libc is not glibc.
     """
     import ctypes
     import ctypes.util
