@@ -47,7 +47,7 @@ def seed_everything(seed: int) -> None:
 MMAP_THRESHOLD = 16 << 20  # bytes; see return_large_blocks_to_the_os
 
 
-def return_large_blocks_to_the_os(threshold: int = MMAP_THRESHOLD) -> bool:
+def return_large_blocks_to_the_os(threshold: int | None = None) -> bool:
     """Serve every allocation of ``threshold`` bytes or more by its own mmap (glibc).
 
     glibc raises its mmap threshold each time a large block is freed, up to 32 MB, so
@@ -59,12 +59,17 @@ def return_large_blocks_to_the_os(threshold: int = MMAP_THRESHOLD) -> bool:
     1.00 GB). 16 MB, not lower: at 4 MB a ViT-Tiny training step at 224 px (batch 32, CPU)
     took 30% longer, every mid-size activation then being a fresh mmap; at 16 MB it takes
     the same time, and at 32 MB (glibc's own ceiling) RanPAC's 32 MB blocks stay on the
-    heap again (1.62 GB). A no-op (False) where libc is not glibc.
+    heap again (1.62 GB). ``benchmarks/heap_threshold.py`` measures both. The environment
+    variable ``RETAINCL_MMAP_THRESHOLD_MB`` overrides the 16 MB (0 leaves glibc's dynamic
+    threshold). A no-op (False) where libc is not glibc.
     """
     import ctypes
     import ctypes.util
 
-    if sys.platform != "linux":
+    if threshold is None:
+        mb = os.environ.get("RETAINCL_MMAP_THRESHOLD_MB", "")
+        threshold = int(float(mb) * 2**20) if mb.strip() else MMAP_THRESHOLD
+    if sys.platform != "linux" or threshold <= 0:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
