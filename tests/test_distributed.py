@@ -59,6 +59,8 @@ DRIVER = textwrap.dedent(
         counts["train_rows"] += len(local)
         counts["global_rows"] += len(idx)
         counts["steps"] += 1
+        mine = counts.setdefault("by_method", {}).setdefault(owner.name, [0, 0, 0])  # local, global, steps
+        mine[0], mine[1], mine[2] = mine[0] + len(local), mine[1] + len(idx), mine[2] + 1
         return local
 
     def counted_extract(self, images, shift):
@@ -87,6 +89,32 @@ DRIVER = textwrap.dedent(
 )
 
 
+PROMPT_METHODS = ["vpt", "l2p", "dualprompt", "codaprompt", "dap"]
+
+
+def prompt_tree(tmp_path: Path, out: str) -> dict:
+    """Prompt methods train end to end through the packaged tiny ViT (16 px: 4 patches)."""
+    return {
+        "method": PROMPT_METHODS,
+        "methods": {
+            "vpt": {"epochs": 1, "batch_size": 33, "prompt_length": 2},  # odd batches: unequal shares
+            "l2p": {"epochs": 1, "batch_size": 33, "pool_size": 4, "top_n": 2, "length": 2},
+            "dualprompt": {"epochs": 1, "batch_size": 33, "pool_size": 2, "g_length": 2, "e_length": 2},
+            "codaprompt": {"epochs": 1, "batch_size": 33, "pool_size": 8, "num_tasks": 2, "length": 4},
+            "dap": {"epochs": 1, "batch_size": 33, "prompt_length": 2, "task_embedding_dim": 8},
+        },
+        "data": {"source": "digits"},
+        "scenario": {"kind": "class", "base": 5, "increment": 5},
+        "backbone": {"name": "vit_tiny_retain", "image_size": 16},
+        "eval": {"batch_size": 100},
+        "cache": {"dir": str(tmp_path / f"cache-{out}")},
+        "output_dir": str(tmp_path / out),
+        "quiet": True,
+        "device": "cpu",
+        "threads": 1,
+    }
+
+
 def tree(tmp_path: Path, out: str) -> dict:
     return {
         "method": METHODS,
@@ -107,16 +135,17 @@ def tree(tmp_path: Path, out: str) -> dict:
     }
 
 
-def single_process(tmp_path: Path) -> dict[str, list]:
+def single_process(tmp_path: Path, make_tree=tree) -> dict[str, list]:
     from retaincl.engine.runner import Session, run_method
 
-    session = Session.create(config_from_dict(tree(tmp_path, "one")))
-    return {m: run_method(session, m, progress=False)["correct_matrix"] for m in METHODS}
+    cfg = make_tree(tmp_path, "one")
+    session = Session.create(config_from_dict(cfg))
+    return {m: run_method(session, m, progress=False)["correct_matrix"] for m in cfg["method"]}
 
 
-def two_processes(tmp_path: Path) -> tuple[Path, list[dict]]:
+def two_processes(tmp_path: Path, make_tree=tree) -> tuple[Path, list[dict]]:
     cfg = tmp_path / "two.yaml"
-    cfg.write_text(yaml.safe_dump(tree(tmp_path, "two")))
+    cfg.write_text(yaml.safe_dump(make_tree(tmp_path, "two")))
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     src = str(Path(__file__).resolve().parents[1] / "src")
@@ -154,6 +183,27 @@ def test_two_gloo_processes_give_the_single_process_accuracy_matrix(tmp_path):
     assert abs(r0["train_rows"] - r1["train_rows"]) <= r0["steps"]
     # the feature cache was written once, by rank 0 (rank 1's writes raise in the driver)
     assert any((tmp_path / "cache-two").rglob("*.npy"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without torch.distributed")
+def test_prompt_methods_split_each_batch_across_two_gloo_processes(tmp_path):
+    """VPT, L2P, DualPrompt, CODA-Prompt and DAP train through the ViT on each rank's share of every global batch,
+    gradients summed: the accuracy matrix is the single process's to float32 summation
+    order (at most 1% of a task's test samples may flip; 0 flipped when this was written)."""
+    out, ranks = two_processes(tmp_path, prompt_tree)
+    expected = single_process(tmp_path, prompt_tree)
+    run = next(out.iterdir())
+    for method in PROMPT_METHODS:
+        got = json.loads((run / method / "results.json").read_text())["correct_matrix"]
+        for row_got, row_exp in zip(got, expected[method], strict=True):
+            for g, e in zip(row_got, row_exp, strict=True):
+                assert abs(g - e) <= 2, (method, got, expected[method])
+    r0, r1 = (r["by_method"] for r in ranks)
+    for method in PROMPT_METHODS:  # each method's steps were split, not repeated
+        (local0, global0, steps0), (local1, global1, steps1) = r0[method], r1[method]
+        assert steps0 == steps1 > 0 and global0 == global1 and local0 + local1 == global0, method
+        assert abs(local0 - local1) <= steps0, method
 
 
 def test_single_process_helpers_are_the_identity():

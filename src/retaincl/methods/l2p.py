@@ -127,6 +127,11 @@ class L2P(PromptPoolLearner):
         super().__init__(params, ctx)
         self.pool = PromptPool(params.pool_size, params.length, self.dim, params.prompt_init).to(self.device)
 
+    @property
+    def batch_coupled_training(self) -> bool:
+        """``batchwise_prompt`` picks the prompts by a vote of the whole batch."""
+        return bool(self.params.batchwise_prompt)
+
     def select(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pool indices (``B x N``) of each sample's prompts and the cosines of the keys used
         (``B x N``): its own top-N, or the batch majority with ``batchwise_prompt``."""

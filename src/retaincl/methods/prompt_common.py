@@ -338,6 +338,12 @@ class PromptPoolLearner(Learner):
             logits = mask_to_classes(logits, self.train_classes)
         return F.cross_entropy(logits, labels) + aux
 
+    @property
+    def batch_coupled_training(self) -> bool:
+        """True when a training sample's loss depends on the other samples of its batch (then
+        every rank runs the whole global batch under torchrun, instead of its share)."""
+        return False
+
     def fit(self, task: Task) -> None:
         p = self.params
         split = task.train
@@ -353,6 +359,8 @@ class PromptPoolLearner(Learner):
                 idx = order[lo : lo + p.batch_size]
                 if p.drop_last and len(idx) < p.batch_size:
                     continue
+                if not self.batch_coupled_training:
+                    idx = self.local_batch(idx)  # this rank's rows under torchrun
                 images = self.train_images(split, idx)
                 q = cached[idx].to(self.device) if cached is not None else self.queries(images)
                 loss = self.training_loss(images, q, labels[idx].to(self.device), task)

@@ -118,6 +118,7 @@ class PromptLearner(Learner):
         step = 0
         for _ in self.progress(range(p.epochs), desc):
             for idx in minibatches(len(labels), p.batch_size, self.generator):
+                idx = self.local_batch(idx)  # this rank's rows under torchrun
                 images = self.train_images(split, idx)
                 loss = batch_loss(images, labels[idx].to(self.device), idx)
                 self.check_finite(loss, task_index, step)
