@@ -42,26 +42,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retaincl.backbones.mlp import MLPBackbone
+from retaincl.methods.replay.chain import linear_chain
 from retaincl.methods.replay.grads import gem_dual
 from retaincl.methods.replay.network import ContinualNet
+
+__all__ = ["KernelGEM", "linear_chain"]
 
 #: steps between two settlements of the pending first-layer update (and recomputations of Z)
 REFRESH = 200
 #: largest ``inputs X^T`` of a task's training inputs kept (:meth:`KernelGEM.cross`)
 CROSS_BYTES = 64 * 2**20
-
-
-def linear_chain(net: nn.Module, params: list[nn.Parameter]) -> list[nn.Linear] | None:
-    """The Linear layers of ``net`` when its forward is Linear, ReLU, ..., Linear and
-    ``params`` are exactly their weights and biases; None otherwise."""
-    if not isinstance(net, ContinualNet) or not (net.backbone is None or type(net.backbone) is MLPBackbone):
-        return None
-    layers = [*(net.backbone.layers if net.backbone is not None else []), *net.hidden, net.classifier]
-    if any(m.bias is None for m in layers):
-        return None
-    want = {id(q) for m in layers for q in (m.weight, m.bias)}
-    return layers if want == {id(q) for q in params} and len(params) == len(want) else None
 
 
 class KernelGEM:
