@@ -36,6 +36,24 @@ def linear_chain(net: nn.Module, params: list[nn.Parameter]) -> list[nn.Linear] 
     return layers if want == {id(q) for q in params} and len(params) == len(want) else None
 
 
+def weighted_cross_entropy(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sum_i w_i CE(logits_i, y_i)`` and its gradient with respect to ``logits``:
+    ``w_i (softmax(logits_i) - onehot(y_i))`` (logits masked to ``-1e9`` get 0)."""
+    logp = torch.log_softmax(logits, 1)
+    picked = (torch.arange(len(y), device=y.device), y)
+    loss = -torch.dot(logp[picked], w)
+    delta = logp.exp_()
+    delta[picked] -= 1
+    return loss, delta.mul_(w[:, None])
+
+
+def widen(delta: torch.Tensor, width: int) -> torch.Tensor:
+    """``delta`` (the gradient at the first columns of the logits) padded with zeros to ``width`` columns."""
+    if delta.shape[1] == width:
+        return delta
+    return torch.cat([delta, delta.new_zeros(len(delta), width - delta.shape[1])], 1)
+
+
 class Chain:
     """Forward and backward passes of a :func:`linear_chain` network as matrix products."""
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from retaincl.config import doc
 from retaincl.methods.base import LearnerContext
 from retaincl.methods.replay.base import MemoryLearner, MemoryParams
-from retaincl.methods.replay.chain import Chain, linear_chain
+from retaincl.methods.replay.chain import Chain, linear_chain, weighted_cross_entropy
 from retaincl.registry import register_method
 
 
@@ -89,12 +89,9 @@ class DERPP(MemoryLearner):
         self.step_logits = out[:b]
         m = len(ys)
         with torch.no_grad():
-            logp = torch.log_softmax(self.train_logits(out[:m], ts), 1)
-            picked = (self.row_index(m), ys)
-            loss = -torch.dot(logp[picked], w)  # the weighted cross-entropy of DERPP.loss
+            loss, grad_ce = weighted_cross_entropy(self.train_logits(out[:m], ts), ys, w)  # DERPP.loss's cross-entropies
             delta = torch.zeros_like(out)
-            grad_ce = logp.exp_().index_put_(picked, self._minus_one.expand(m), accumulate=True)  # softmax - one-hot
-            delta[:m, : grad_ce.shape[1]] = grad_ce.mul_(w[:, None])
+            delta[:m, : grad_ce.shape[1]] = grad_ce
             if m < len(out):  # alpha * mean squared error against the stored logits
                 diff = (out[m:] - mem("logits", i1).to(dev)).view(-1)
                 loss += p.alpha / len(diff) * torch.dot(diff, diff)
@@ -125,13 +122,6 @@ class DERPP(MemoryLearner):
         ce_rows = torch.cat([logits, out2]) if not self.samples_independent else out[: b + len(x2)]
         ce = F.cross_entropy(self.train_logits(ce_rows, torch.cat([t, t2])), torch.cat([y, y2]), reduction="none")
         return (ce * self.ce_weights(b, len(y2))).sum().add(F.mse_loss(out1, z1), alpha=self.params.alpha)
-
-    def row_index(self, m: int) -> torch.Tensor:
-        """``arange(m)`` on the device (kept)."""
-        if len(getattr(self, "_rows", ())) != m:
-            self._rows = torch.arange(m, device=self.device)
-            self._minus_one = torch.tensor(-1.0, device=self.device)
-        return self._rows
 
     def ce_weights(self, b: int, m: int) -> torch.Tensor:
         """``1/b`` for the batch's rows, ``beta/m`` for ``B''``'s (kept while the sizes stay)."""

@@ -56,6 +56,7 @@ from retaincl.config import doc
 from retaincl.data.scenarios import Task
 from retaincl.methods.base import LearnerContext
 from retaincl.methods.replay.base import EpisodicMemoryParams, MemoryLearner
+from retaincl.methods.replay.chain import weighted_cross_entropy, widen
 from retaincl.methods.replay.gem_kernel import KernelGEM, linear_chain
 from retaincl.methods.replay.grads import (
     LinearTape,
@@ -167,21 +168,18 @@ class GEM(MemoryLearner):
         kernel = self.kernel(int(t[0]))
         if kernel is not None:
             rows = self.past_memories(int(t[0]))[0]
+            tasks, labels = torch.cat([t, rows["task"]]), torch.cat([y, rows["y"]])
+            weights = kernel.row_weights(len(y))
 
-            def batch_loss(logits: torch.Tensor) -> torch.Tensor:
-                loss = F.cross_entropy(self.train_logits(logits, t), y)
+            def loss_delta(logits: torch.Tensor) -> torch.Tensor:  # the batch's mean CE + each past task's mean CE
+                loss, delta = weighted_cross_entropy(self.train_logits(logits, tasks), labels, weights)
                 self.check_loss(loss)
-                return loss
-
-            def memory_losses(logits: torch.Tensor) -> torch.Tensor:
-                losses = F.cross_entropy(self.train_logits(logits, rows["task"]), rows["y"], reduction="none")
-                self.check_loss(losses.mean())
-                return losses
+                return widen(delta, logits.shape[1])
 
             p = self.params
             held = self._held[1] if self._held is not None and self._batch is x else None
             St = kernel.cross(held, self.batch_positions) if held is not None else None
-            kernel.step(x, batch_loss, memory_losses, p.margin, p.qp_ridge, p.project, St)
+            kernel.step(x, loss_delta, p.margin, p.qp_ridge, p.project, St)
             self.sgd_step()
             kernel.advance(self.lr_of(kernel.first.weight))
             return

@@ -85,6 +85,7 @@ class KernelGEM:
         self.Z = torch.empty(0)
         self.steps = 0
         self._cross: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._row_weights: torch.Tensor | None = None
         self.settle()
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
@@ -125,33 +126,37 @@ class KernelGEM:
             return torch.bmm(d.view(self.t, self.n, -1).transpose(1, 2), a.view(self.t, self.n, -1))
         return torch.stack([d[lo:hi].T @ a[lo:hi] for lo, hi in zip(self.bounds[:-1], self.bounds[1:])])
 
-    def forward_rest(self, z1: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """Logits from the first layer's pre-activations; inputs and outputs of the later layers."""
+    def forward_rest(self, z1: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The logits and the inputs of the later layers, from the first layer's pre-activations."""
         if len(self.layers) == 1:
-            return z1, [], []
-        h, ins, outs = torch.relu(z1), [], []
-        for m in self.layers[1:]:
-            z = F.linear(h, m.weight, m.bias)
-            ins.append(h)
-            outs.append(z)
-            h = torch.relu(z)
-        return outs[-1], ins, outs
+            return z1, []
+        ins = [torch.relu(z1)]
+        for m in self.layers[1:-1]:
+            ins.append(torch.relu(F.linear(ins[-1], m.weight, m.bias)))
+        return F.linear(ins[-1], self.layers[-1].weight, self.layers[-1].bias), ins
+
+    def row_weights(self, batch: int) -> torch.Tensor:
+        """Weight of each row of a step's loss: ``1/B`` for the batch's, ``1/n_k`` for task ``k``'s memories."""
+        if self._row_weights is None or len(self._row_weights) != batch + len(self.weight):
+            self._row_weights = torch.cat([self.weight.new_full((batch,), 1.0 / batch), self.weight])
+        return self._row_weights
 
     def step(
         self,
         x: torch.Tensor,
-        batch_loss: Callable[[torch.Tensor], torch.Tensor],
-        memory_losses: Callable[[torch.Tensor], torch.Tensor],
+        loss_delta: Callable[[torch.Tensor], torch.Tensor],
         margin: float,
         eps: float,
         project: bool,
         St: torch.Tensor | None = None,
     ) -> bool:
         """Set every parameter's ``.grad`` to GEM's (projected) gradient of the batch;
-        :meth:`advance` follows the SGD step. ``batch_loss(logits)``: the batch's mean
-        loss; ``memory_losses(logits)``: the memories' per-sample losses (both checked by
-        the callers); ``St``: ``x_B X^T`` when known (:meth:`cross`). Returns whether the
-        gradient was projected."""
+        :meth:`advance` follows the SGD step. ``loss_delta(logits)``: for the logits of the
+        batch's rows then the memories' (:meth:`row_weights`), the gradient of the batch's
+        mean loss plus the memories' weighted losses at the logits (the caller checks the
+        losses); ``St``: ``x_B X^T`` when known (:meth:`cross`). The backward pass through
+        the later layers is written out (:mod:`~retaincl.methods.replay.chain`). Returns
+        whether the gradient was projected."""
         xb = self.inputs(x)
         B = len(xb)
         with torch.no_grad():
@@ -161,11 +166,12 @@ class KernelGEM:
             if self.C is not None:
                 z1b -= St @ self.C
             z1 = torch.cat([z1b, self.Z])  # the batch and the memories in one pass (rows are independent)
-        z1.requires_grad_()
-        logits, ins, outs = self.forward_rest(z1)
-        loss = batch_loss(logits[:B]) + (memory_losses(logits[B:]) * self.weight).sum()
-        deltas = torch.autograd.grad(loss, [z1, *outs])
-        with torch.no_grad():
+            logits, ins = self.forward_rest(z1)
+            delta = loss_delta(logits)
+            deltas = [delta]
+            for i in range(len(self.layers) - 1, 0, -1):  # to each layer's output: (delta W) * relu'
+                delta = (delta @ self.layers[i].weight).mul_(ins[i - 1] > 0)
+                deltas.insert(0, delta)
             inputs_b, inputs_m = [xb, *(a[:B] for a in ins)], [None, *(a[B:] for a in ins)]
             deltas_b, deltas_m = [d[:B] for d in deltas], [d[B:] for d in deltas]
             grads = [(d.T @ a, d.sum(0)) for d, a in zip(deltas_b, inputs_b)]
