@@ -30,9 +30,9 @@ def reference_step(lrn, x, y, t, eps: float) -> None:
             offset += q.numel()
 
 
-def setup(memory_size: int, drop: int, hidden: list[int]):
+def setup(memory_size: int, drop: int, hidden: list[int], scenario: str = "class"):
     tasks = class_stream(tasks=3, per_task=2, n=40)
-    lrn = learner("gem", num_classes=6, memory_size=memory_size, head_hidden=hidden)
+    lrn = learner("gem", num_classes=6, scenario=scenario, memory_size=memory_size, head_hidden=hidden)
     train(lrn, tasks[:2])
     if drop:  # task 1's memory shorter than task 0's (unequal groups)
         task_col = lrn.memory.fields["task"]
@@ -42,10 +42,13 @@ def setup(memory_size: int, drop: int, hidden: list[int]):
     return lrn, tasks[2]
 
 
-@pytest.mark.parametrize(("memory_size", "drop", "hidden"), [(30, 0, [16, 12]), (30, 7, [16, 12]), (30, 0, [])])
+@pytest.mark.parametrize(
+    ("memory_size", "drop", "hidden", "scenario"),
+    [(30, 0, [16, 12], "class"), (30, 7, [16, 12], "class"), (30, 0, [], "class"), (30, 0, [16], "task")],
+)
 @pytest.mark.parametrize("eps", [1e-3, 0.0])
-def test_kernel_steps_equal_the_explicit_gem_steps(memory_size, drop, hidden, eps):
-    lrn, cur = setup(memory_size, drop, hidden)
+def test_kernel_steps_equal_the_explicit_gem_steps(memory_size, drop, hidden, scenario, eps):
+    lrn, cur = setup(memory_size, drop, hidden, scenario)
     lrn.params.qp_ridge = eps
     ref = copy.deepcopy(lrn)
     x_all = cur.train.features

@@ -21,7 +21,10 @@ Speed: when the network treats samples independently (no batch normalisation), t
 current and the two memory batches go through one forward pass (the same outputs up to
 float rounding as three passes), and the two cross-entropies are one weighted
 cross-entropy over the batch and ``B''`` (``mean_B + beta mean_B''``: the same loss up to
-float summation order); only the fields each memory batch needs are gathered.
+float summation order); only the fields each memory batch needs are gathered. On a
+Linear-ReLU chain (the ``mlp`` backbone, or cached features with an MLP head) the
+step's gradient is written out (:mod:`~retaincl.methods.replay.chain`: the same
+gradient up to float rounding, without the autograd engine's per-node cost).
 
 Ablations: ``alpha: 0`` is ER with a separate replay loss (no logit matching),
 ``beta: 0`` is DER.
