@@ -129,7 +129,7 @@ class Storage:
         """``min(n, len)`` rows drawn uniformly without replacement (all of them when
         ``n >= len``); with ``tasks_before``, only among the rows of tasks ``< tasks_before``."""
         idx = self.sample_indices(n, generator, tasks_before)
-        return {} if idx is None else {k: v[idx] for k, v in self._data.items()}
+        return {} if idx is None else {k: v.index_select(0, idx) for k, v in self._data.items()}
 
     def sample_indices(self, n: int, generator: torch.Generator, tasks_before: int | None = None) -> torch.Tensor | None:
         """The rows :meth:`sample` would return (same draws), as indices; None when it
@@ -142,8 +142,9 @@ class Storage:
         return pool[choose(len(pool), n, generator)] if len(pool) else None
 
     def rows(self, field: str, idx: torch.Tensor) -> torch.Tensor:
-        """Field ``field`` of the rows at ``idx`` (a copy)."""
-        return self._data[field][idx]
+        """Field ``field`` of the rows at ``idx`` (a copy; ``index_select``, about twice as
+        fast as advanced indexing on a replay batch)."""
+        return self._data[field].index_select(0, idx)
 
     def rows_of_task(self, task: int) -> Batch:
         if self._n == 0:
