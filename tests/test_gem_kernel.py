@@ -105,3 +105,13 @@ def test_networks_that_are_not_a_linear_chain_take_the_explicit_path():
     assert linear_chain(lrn.net, lrn.trainable()) is not None
     assert linear_chain(lrn.net, lrn.trainable()[:-1]) is None  # a parameter not trained
     assert linear_chain(nn.Sequential(nn.Linear(8, 4)), list(nn.Linear(8, 4).parameters())) is None
+
+
+def test_past_rows_changing_during_a_task_switch_to_the_explicit_path():
+    lrn, cur = setup(30, 0, [16])
+    x, y, t = cur.train.features[:10], torch.as_tensor(cur.train.targets[:10]), torch.full((10,), cur.index)
+    lrn.train_step(x, y, t)
+    assert lrn._kernel[1] is not None
+    lrn.memory.past_revision += 1  # what a reservoir write into a past task's row does
+    lrn.train_step(x, y, t)
+    assert lrn._kernel[1] is None  # explicit per-task gradients for the rest of the task

@@ -116,14 +116,18 @@ class GEM(MemoryLearner):
         self._kernel = None
 
     def kernel(self, current: int) -> KernelGEM | None:
-        """The kernel form of the step for task ``current`` (None: no past memories, or
-        not an MLP, or not plain SGD), built once per task (and when past rows change)."""
+        """The kernel form of the step for task ``current``, built once per task; None: no
+        past memories, not an MLP, not plain SGD, or past rows that changed while this task
+        is trained (e.g. a reservoir memory: ``X X^T`` would be recomputed at every step, so
+        the rest of the task takes the explicit path)."""
         key = (current, self.memory.past_revision)
         if self._kernel is None or self._kernel[0] != key:
             previous = self._kernel[1] if self._kernel is not None else self._last_kernel
+            changed = self._kernel is not None and self._kernel[0][0] == current
             self.settle()
             rows, sizes = self.past_memories(current)
-            layers = linear_chain(self.net, self.trainable()) if sizes and self._plain_sgd else None
+            chain = sizes and self._plain_sgd and not changed
+            layers = linear_chain(self.net, self.trainable()) if chain else None
             self._kernel = (key, KernelGEM(self.net, layers, rows["x"], sizes, previous) if layers else None)
         return self._kernel[1]
 
