@@ -128,16 +128,23 @@ class Storage:
     def sample(self, n: int, generator: torch.Generator, tasks_before: int | None = None) -> Batch:
         """``min(n, len)`` rows drawn uniformly without replacement (all of them when
         ``n >= len``); with ``tasks_before``, only among the rows of tasks ``< tasks_before``."""
+        idx = self.sample_indices(n, generator, tasks_before)
+        return {} if idx is None else {k: v.index_select(0, idx) for k, v in self._data.items()}
+
+    def sample_indices(self, n: int, generator: torch.Generator, tasks_before: int | None = None) -> torch.Tensor | None:
+        """The rows :meth:`sample` would return (same draws), as indices; None when it
+        would return nothing."""
         if self._n == 0 or n <= 0:
-            return {}
+            return None
         if tasks_before is None:
-            idx = choose(self._n, n, generator)
-        else:
-            pool = torch.nonzero(self._data["task"][: self._n] < tasks_before).flatten()
-            if len(pool) == 0:
-                return {}
-            idx = pool[choose(len(pool), n, generator)]
-        return {k: v[idx] for k, v in self._data.items()}
+            return choose(self._n, n, generator)
+        pool = torch.nonzero(self._data["task"][: self._n] < tasks_before).flatten()
+        return pool[choose(len(pool), n, generator)] if len(pool) else None
+
+    def rows(self, field: str, idx: torch.Tensor) -> torch.Tensor:
+        """Field ``field`` of the rows at ``idx`` (a copy; ``index_select``, about twice as
+        fast as advanced indexing on a replay batch)."""
+        return self._data[field].index_select(0, idx)
 
     def rows_of_task(self, task: int) -> Batch:
         if self._n == 0:

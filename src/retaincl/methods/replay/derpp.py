@@ -19,7 +19,12 @@ config). With a memory filled at the end of a task (``herding``, ``task_balanced
 
 Speed: when the network treats samples independently (no batch normalisation), the
 current and the two memory batches go through one forward pass (the same outputs up to
-float rounding as three passes).
+float rounding as three passes), and the two cross-entropies are one weighted
+cross-entropy over the batch and ``B''`` (``mean_B + beta mean_B''``: the same loss up to
+float summation order); only the fields each memory batch needs are gathered. On a
+Linear-ReLU chain (the ``mlp`` backbone, or cached features with an MLP head) the
+step's gradient is written out (:mod:`~retaincl.methods.replay.chain`: the same
+gradient up to float rounding, without the autograd engine's per-node cost).
 
 Ablations: ``alpha: 0`` is ER with a separate replay loss (no logit matching),
 ``beta: 0`` is DER.
@@ -33,7 +38,9 @@ import torch
 import torch.nn.functional as F
 
 from retaincl.config import doc
+from retaincl.methods.base import LearnerContext
 from retaincl.methods.replay.base import MemoryLearner, MemoryParams
+from retaincl.methods.replay.chain import Chain, linear_chain, weighted_cross_entropy
 from retaincl.registry import register_method
 
 
@@ -49,6 +56,10 @@ class DERPP(MemoryLearner):
 
     Params = DERPPParams
 
+    def __init__(self, params: DERPPParams, ctx: LearnerContext) -> None:
+        super().__init__(params, ctx)
+        self._chain: Chain | bool | None = None  # None: not looked at yet; False: not a chain
+
     @torch.no_grad()
     def memory_fields(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"logits": self.net(x)}
@@ -57,18 +68,67 @@ class DERPP(MemoryLearner):
         """Store the batch with the logits of its training forward pass (Alg. 1)."""
         self.memory.add({"x": x, "y": y, "task": t, "logits": self.step_logits}, self.generator)
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        m1 = self.replay()
-        m2 = self.replay() if m1 else {}
-        if m1 and self.samples_independent:  # one forward pass for the three batches
-            out = self.net(torch.cat([x, m1["x"], m2["x"]]))
-            logits, out1, out2 = out.split([len(x), len(m1["x"]), len(m2["x"])])
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> None:
+        """On a Linear-ReLU chain the step's gradient is computed in closed form
+        (:class:`~retaincl.methods.replay.chain.Chain`; the loss of :meth:`loss`)."""
+        if self._chain is None:
+            layers = linear_chain(self.net, self.trainable())
+            self._chain = Chain(self.net, layers) if layers else False
+        if not self._chain:
+            super().train_step(x, y, t)
+            return
+        n = self.params.replay_batch_size or self.params.batch_size
+        i1 = self.memory.sample_indices(n, self.generator)
+        i2 = self.memory.sample_indices(n, self.generator) if i1 is not None else None
+        b, p, dev = len(x), self.params, self.device
+        if i1 is None:
+            rows, ys, ts, w = x, y, t, torch.full((b,), 1.0 / b, device=dev)
         else:
+            mem = self.memory.rows
+            x2, y2 = mem("x", i2).to(dev), mem("y", i2).to(dev)
+            rows, ys, w = torch.cat([x, x2, mem("x", i1).to(dev)]), torch.cat([y, y2]), self.ce_weights(b, len(y2))
+            ts = torch.cat([t, mem("task", i2).to(dev)]) if self.ctx.scenario == "task" else t  # read only there
+        out, acts = self._chain.forward(rows)
+        self.step_logits = out[:b]
+        m = len(ys)
+        with torch.no_grad():
+            loss, grad_ce = weighted_cross_entropy(self.train_logits(out[:m], ts), ys, w)  # DERPP.loss's cross-entropies
+            delta = torch.zeros_like(out)
+            delta[:m, : grad_ce.shape[1]] = grad_ce
+            if m < len(out):  # alpha * mean squared error against the stored logits
+                diff = (out[m:] - mem("logits", i1).to(dev)).view(-1)
+                loss += p.alpha / len(diff) * torch.dot(diff, diff)
+                torch.mul(diff.view(-1, out.shape[1]), 2 * p.alpha / len(diff), out=delta[m:])
+        self.check_loss(loss)
+        self._chain.backward(acts, delta)
+        self.sgd_step()
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        n = self.params.replay_batch_size or self.params.batch_size
+        i1 = self.memory.sample_indices(n, self.generator)  # (x', z'), then (x'', y''): Alg. 1's two draws
+        i2 = self.memory.sample_indices(n, self.generator) if i1 is not None else None
+        if i1 is None:
             logits = self.net(x)
-            out1, out2 = (self.net(m1["x"]), self.net(m2["x"])) if m1 else (None, None)
+            self.step_logits = logits.detach()
+            return F.cross_entropy(self.train_logits(logits, t), y)
+        mem = self.memory.rows
+        dev = self.device
+        x1, z1 = mem("x", i1).to(dev), mem("logits", i1).to(dev)
+        x2, y2, t2 = mem("x", i2).to(dev), mem("y", i2).to(dev), mem("task", i2).to(dev)
+        b = len(x)
+        if self.samples_independent:  # one forward pass: the batch, then B'' (cross-entropy rows), then B'
+            out = self.net(torch.cat([x, x2, x1]))
+            logits, out2, out1 = out[:b], out[b : b + len(x2)], out[b + len(x2) :]
+        else:
+            logits, out1, out2 = self.net(x), self.net(x1), self.net(x2)
         self.step_logits = logits.detach()
-        loss = F.cross_entropy(self.train_logits(logits, t), y)
-        if m1:
-            loss = loss + self.params.alpha * F.mse_loss(out1, m1["logits"])
-            loss = loss + self.params.beta * F.cross_entropy(self.train_logits(out2, m2["task"]), m2["y"])
-        return loss
+        ce_rows = torch.cat([logits, out2]) if not self.samples_independent else out[: b + len(x2)]
+        ce = F.cross_entropy(self.train_logits(ce_rows, torch.cat([t, t2])), torch.cat([y, y2]), reduction="none")
+        return (ce * self.ce_weights(b, len(y2))).sum().add(F.mse_loss(out1, z1), alpha=self.params.alpha)
+
+    def ce_weights(self, b: int, m: int) -> torch.Tensor:
+        """``1/b`` for the batch's rows, ``beta/m`` for ``B''``'s (kept while the sizes stay)."""
+        if getattr(self, "_ce_weights", (None,))[0] != (b, m):
+            w = torch.cat([torch.full((b,), 1.0 / b), torch.full((m,), self.params.beta / m)]).to(self.device)
+            self._ce_weights = ((b, m), w)
+        return self._ce_weights[1]

@@ -28,10 +28,17 @@ on class-incremental Split-MNIST, seed 0, it ends at 72.4% against 78.5% with th
 Speed: the past tasks' memories do not change while a task is trained (a ring only
 overwrites the current task's slots), so they are gathered once per task, as one tensor
 (:meth:`GEM.past_memories`, re-gathered only if the memory's past rows change, e.g. a
-reservoir strategy). On an MLP the ``t - 1`` memory gradients come from one forward and
-one backward pass over all memories together, each task's gradient being the sum of its
-rows' per-sample gradients (:func:`~retaincl.methods.replay.grads.linear_group_gradients`);
-other networks take one pass per task. Same gradients up to float summation order.
+reservoir strategy). On an MLP (a chain of Linear and ReLU layers, all trained, the
+``mlp`` backbone or cached features) the step runs in kernel form
+(:mod:`~retaincl.methods.replay.gem_kernel`): the memories' first-layer pre-activations
+are carried from step to step and every first-layer quantity of the test and of the
+dual QP is a product with ``X X^T`` or ``X x_B^T``, so the memories never go through the
+first layer again; the projected part of the first layer's update stays pending until
+:meth:`GEM.settle` (called at the end of :meth:`GEM.fit`; a caller of
+:meth:`GEM.train_step` reads the weights after ``settle()``). Other networks take one
+forward and backward pass per task (or one over all memories, for a Linear network that
+is not such a chain: :func:`~retaincl.methods.replay.grads.linear_group_gradients`).
+Same numbers as the explicit computation in exact arithmetic, not bit for bit.
 
 Ablation: ``project: false`` applies ``g`` without projection (finetuning that also
 computes the memory gradients).
@@ -39,6 +46,7 @@ computes the memory gradients).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +56,8 @@ from retaincl.config import doc
 from retaincl.data.scenarios import Task
 from retaincl.methods.base import LearnerContext
 from retaincl.methods.replay.base import EpisodicMemoryParams, MemoryLearner
+from retaincl.methods.replay.chain import weighted_cross_entropy, widen
+from retaincl.methods.replay.gem_kernel import KernelGEM, linear_chain
 from retaincl.methods.replay.grads import (
     LinearTape,
     assign_flat_grad,
@@ -75,10 +85,51 @@ class GEM(MemoryLearner):
         self._past_key: tuple[int, int] | None = None
         self._past: tuple[dict[str, torch.Tensor], list[int]] = ({}, [])
         self._tape: LinearTape | None = None
+        self._kernel: tuple[tuple[int, int], KernelGEM | None] | None = None
+        self._batch: torch.Tensor | None = None
+        self._last_kernel: KernelGEM | None = None
 
     def begin_task(self, task: Task) -> None:
         super().begin_task(task)
         self._past_key = None
+
+    def fit(self, task: Task) -> None:
+        try:
+            super().fit(task)
+        finally:
+            self.settle()
+
+    def batches(self, task: Task, desc: str) -> Iterator[tuple[int, bool, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The replay base's batches; the inputs of the batch last yielded are remembered
+        (:meth:`train_step` reads ``batch_positions`` only for that batch)."""
+        for item in super().batches(task, desc):
+            self._batch = item[2]
+            yield item
+        self._batch = None
+
+    def settle(self) -> None:
+        """Apply the pending part of the first layer's update (kernel form) to the weights."""
+        if self._kernel is not None and self._kernel[1] is not None:
+            self._kernel[1].settle()
+            self._last_kernel = self._kernel[1]  # its X X^T is reused by the next task's kernel
+            self._last_kernel.release()
+        self._kernel = None
+
+    def kernel(self, current: int) -> KernelGEM | None:
+        """The kernel form of the step for task ``current``, built once per task; None: no
+        past memories, not an MLP, not plain SGD, or past rows that changed while this task
+        is trained (e.g. a reservoir memory: ``X X^T`` would be recomputed at every step, so
+        the rest of the task takes the explicit path)."""
+        key = (current, self.memory.past_revision)
+        if self._kernel is None or self._kernel[0] != key:
+            previous = self._kernel[1] if self._kernel is not None else self._last_kernel
+            changed = self._kernel is not None and self._kernel[0][0] == current
+            self.settle()
+            rows, sizes = self.past_memories(current)
+            chain = sizes and self._plain_sgd and not changed
+            layers = linear_chain(self.net, self.trainable()) if chain else None
+            self._kernel = (key, KernelGEM(self.net, layers, rows["x"], sizes, previous) if layers else None)
+        return self._kernel[1]
 
     def past_memories(self, current: int) -> tuple[dict[str, torch.Tensor], list[int]]:
         """The memories of the tasks before ``current``, concatenated, on the device, and
@@ -118,9 +169,31 @@ class GEM(MemoryLearner):
         ])
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> None:
+        kernel = self.kernel(int(t[0]))
+        if kernel is not None:
+            rows = self.past_memories(int(t[0]))[0]
+            tasks, labels = torch.cat([t, rows["task"]]), torch.cat([y, rows["y"]])
+            weights = kernel.row_weights(len(y))
+
+            def loss_delta(logits: torch.Tensor) -> torch.Tensor:  # the batch's mean CE + each past task's mean CE
+                loss, delta = weighted_cross_entropy(self.train_logits(logits, tasks), labels, weights)
+                self.check_loss(loss)
+                return widen(delta, logits.shape[1])
+
+            p = self.params
+            held = self._held[1] if self._held is not None and self._batch is x else None
+            St = kernel.cross(held, self.batch_positions) if held is not None else None
+            kernel.step(x, loss_delta, p.margin, p.qp_ridge, p.project, St)
+            self.sgd_step()
+            kernel.advance(self.lr_of(kernel.first.weight))
+            return
         G = self.past_gradients(int(t[0]))
         g = self.loss_gradient(x, y, t)
         if G is not None and self.params.project:
             g = gem_project(g, G, margin=self.params.margin, eps=self.params.qp_ridge)
         assign_flat_grad(self.trainable(), g)
         self.sgd_step()
+
+    def lr_of(self, param: torch.nn.Parameter) -> float:
+        """The current learning rate of ``param``'s optimiser group."""
+        return next(g["lr"] for g in self.opt.param_groups if any(q is param for q in g["params"]))
