@@ -47,3 +47,47 @@ def test_derpp_closed_form_steps_equal_the_autograd_steps(scenario):
         assert lrn._chain  # the closed-form path ran
         assert torch.allclose(flat_params(lrn), flat_params(ref), rtol=1e-5, atol=1e-6), s
         assert torch.allclose(lrn.memory.fields["logits"], ref.memory.fields["logits"], atol=1e-5)
+
+
+@pytest.mark.parametrize("scenario", ["class", "task"])
+@pytest.mark.parametrize("method", ["finetune_net", "joint_net", "er", "lwf", "agem"])
+def test_closed_form_chain_loss_trains_as_autograd(method, scenario):
+    """ER's, LwF's and the bounds' closed-form steps (``chain_loss``), and A-GEM's two
+    gradients from one pass, against their autograd steps, over three tasks (the same
+    draws: same memory, same parameters up to float rounding)."""
+    tasks = class_stream(tasks=3, per_task=2, n=30)
+    extra = {"memory_size": 40} if method == "er" else {}
+    if method == "lwf":
+        extra = {"lwf_lambda": 1.5, "temperature": 3.0}
+    if method == "agem":
+        extra = {"memory_size": 20, "replay_batch_size": 16}
+    models = [learner(method, num_classes=6, scenario=scenario, head_hidden=[16, 12], **extra) for _ in range(2)]
+    models[1]._chain = False  # the autograd path
+    for lrn in models:
+        train(lrn, tasks)
+    closed, ref = models
+    assert closed.chain() is not None  # the closed-form path ran
+    assert torch.allclose(flat_params(closed), flat_params(ref), rtol=1e-5, atol=1e-5)
+    if method == "er":
+        assert torch.equal(closed.memory.fields["y"], ref.memory.fields["y"])
+
+
+def test_a_loss_without_its_closed_form_keeps_autograd():
+    """EWC rewrites ``loss`` but not ``chain_loss``: it must not take the base's closed
+    form (the cross-entropy alone)."""
+    from retaincl.registry import METHODS
+
+    assert not METHODS.get("ewc").closed_form_is_the_loss()
+    assert all(METHODS.get(m).closed_form_is_the_loss() for m in ("finetune_net", "joint_net", "er", "lwf"))
+
+
+def test_distillation_delta_is_the_kl_and_its_gradient():
+    from retaincl.methods.replay.lwf import distillation, distillation_delta
+
+    g = torch.Generator().manual_seed(3)
+    new, old = torch.randn(5, 4, generator=g, requires_grad=True), torch.randn(5, 4, generator=g)
+    kd = distillation(new, old, 2.5)
+    kd.backward()
+    value, grad = distillation_delta(new.detach(), old, 2.5)
+    assert torch.allclose(value, kd.detach(), atol=1e-6)
+    assert torch.allclose(grad, new.grad, atol=1e-7)

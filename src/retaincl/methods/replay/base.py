@@ -25,7 +25,7 @@ Protocol details that apply to every method of the family:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -47,6 +47,7 @@ from retaincl.memory import (
 )
 from retaincl.methods.base import Learner, LearnerContext
 from retaincl.methods.linear import LinearParams
+from retaincl.methods.replay.chain import Chain, linear_chain, weighted_cross_entropy, widen
 from retaincl.methods.replay.network import ContinualNet
 
 NEG = -1e9  # logit of classes masked out in task-incremental training (finite: no NaN in KD)
@@ -131,6 +132,7 @@ class NetworkLearner(Learner):
         self.opt: torch.optim.Optimizer | None = None
         self.task_index, self.step = 0, 0  # where training is (divergence messages)
         self._trainable: list[torch.nn.Parameter] | None = None
+        self._chain: Chain | bool | None = None  # None: not looked at yet; False: not a chain
         self._plain_sgd = False
         self.batch_positions = torch.empty(0, dtype=torch.long)
         self._held: tuple[TaskSplit, torch.Tensor | None] | None = None
@@ -242,7 +244,20 @@ class NetworkLearner(Learner):
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> None:
-        """One SGD step on :meth:`loss`."""
+        """One SGD step on :meth:`loss`. On a Linear-ReLU chain (:meth:`chain`), when the
+        class that writes :meth:`loss` also writes its closed form (:meth:`chain_loss`), the
+        gradient is computed without the autograd engine (the same gradient up to float
+        rounding, the same random draws)."""
+        chain = self.chain() if self.closed_form_is_the_loss() else None
+        if chain is not None:
+            rows, loss_and_delta = self.chain_loss(x, y, t)
+            out, acts = chain.forward(rows)
+            with torch.no_grad():
+                loss, delta = loss_and_delta(out)
+            self.check_loss(loss)
+            chain.backward(acts, widen(delta, out.shape[1]))
+            self.sgd_step()
+            return
         loss = self.loss(x, y, t)
         self.check_loss(loss)
         for q in self.trainable():
@@ -259,6 +274,39 @@ class NetworkLearner(Learner):
     def loss(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Cross-entropy on the current batch (what finetuning minimises)."""
         return F.cross_entropy(self.train_logits(self.net(x), t), y)
+
+    def chain_loss(
+        self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
+        """:meth:`loss` in closed form: the rows to forward, and a function of their
+        logits that gives the loss and its gradient at the logits (at least the
+        ``seen_classes`` first columns; the rest are zero). Drawn memory rows are drawn
+        here, as :meth:`loss` draws them."""
+        return x, lambda out: self.cross_entropy_delta(out, y, t)
+
+    def cross_entropy_delta(self, out: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``F.cross_entropy(self.train_logits(out, t), y)`` (the mean) and its gradient at
+        ``out``'s first ``seen_classes`` columns: ``(softmax - onehot) / n`` per row."""
+        return weighted_cross_entropy(self.train_logits(out, t), y, torch.full((len(y),), 1.0 / len(y), device=out.device))
+
+    @classmethod
+    def closed_form_is_the_loss(cls) -> bool:
+        """Whether :meth:`chain_loss` is written for this class's :meth:`loss`: defined in
+        the class that defines ``loss`` or below it (a subclass that rewrites ``loss``
+        alone, as EWC, keeps the autograd step)."""
+        if "_closed_form" not in cls.__dict__:
+            owner = {name: next(k for k in cls.__mro__ if name in vars(k)) for name in ("loss", "chain_loss")}
+            cls._closed_form = issubclass(owner["chain_loss"], owner["loss"])
+        return cls._closed_form
+
+    def chain(self) -> Chain | None:
+        """The network as a :class:`~retaincl.methods.replay.chain.Chain` when it is a
+        Linear-ReLU chain with every weight and bias trained (the ``mlp`` backbone, or
+        cached features with a Linear/MLP head); None otherwise (looked at once)."""
+        if self._chain is None:
+            layers = linear_chain(self.net, self.trainable())
+            self._chain = Chain(self.net, layers) if layers else False
+        return self._chain or None
 
     def trainable(self) -> list[torch.nn.Parameter]:
         """The trained parameters, in ``net.parameters()`` order (listed once: the

@@ -81,3 +81,23 @@ class Chain:
             m.weight.grad, m.bias.grad = delta.T @ a, delta.sum(0)
             if i:
                 delta = (delta @ m.weight).mul_(a > 0)
+
+    @torch.no_grad()
+    def group_gradients(
+        self, acts: list[torch.Tensor], delta: torch.Tensor, sizes: list[int], params: list[nn.Parameter]
+    ) -> list[torch.Tensor]:
+        """The gradient of each consecutive group of rows (``sizes`` rows each) as one flat
+        vector in ``params``' order: one backward pass of all rows (a row's ``delta``
+        does not depend on the others), the products ``delta^T a`` taken per group."""
+        bounds = [0]
+        for n in sizes:
+            bounds.append(bounds[-1] + n)
+        spans = list(zip(bounds[:-1], bounds[1:]))
+        grads: dict[int, list[torch.Tensor]] = {}
+        for i in range(len(self.layers) - 1, -1, -1):
+            m, a = self.layers[i], acts[i]
+            grads[id(m.weight)] = [delta[lo:hi].T @ a[lo:hi] for lo, hi in spans]
+            grads[id(m.bias)] = [delta[lo:hi].sum(0) for lo, hi in spans]
+            if i:
+                delta = (delta @ m.weight).mul_(a > 0)
+        return [torch.cat([grads[id(q)][k].reshape(-1) for q in params]) for k in range(len(sizes))]

@@ -38,9 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from retaincl.config import doc
-from retaincl.methods.base import LearnerContext
 from retaincl.methods.replay.base import MemoryLearner, MemoryParams
-from retaincl.methods.replay.chain import Chain, linear_chain, weighted_cross_entropy
+from retaincl.methods.replay.chain import weighted_cross_entropy
 from retaincl.registry import register_method
 
 
@@ -56,10 +55,6 @@ class DERPP(MemoryLearner):
 
     Params = DERPPParams
 
-    def __init__(self, params: DERPPParams, ctx: LearnerContext) -> None:
-        super().__init__(params, ctx)
-        self._chain: Chain | bool | None = None  # None: not looked at yet; False: not a chain
-
     @torch.no_grad()
     def memory_fields(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"logits": self.net(x)}
@@ -71,11 +66,9 @@ class DERPP(MemoryLearner):
     def train_step(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> None:
         """On a Linear-ReLU chain the step's gradient is computed in closed form
         (:class:`~retaincl.methods.replay.chain.Chain`; the loss of :meth:`loss`)."""
-        if self._chain is None:
-            layers = linear_chain(self.net, self.trainable())
-            self._chain = Chain(self.net, layers) if layers else False
-        if not self._chain:
-            super().train_step(x, y, t)
+        chain = self.chain()
+        if chain is None:
+            super().train_step(x, y, t)  # autograd on :meth:`loss`
             return
         n = self.params.replay_batch_size or self.params.batch_size
         i1 = self.memory.sample_indices(n, self.generator)
@@ -88,7 +81,7 @@ class DERPP(MemoryLearner):
             x2, y2 = mem("x", i2).to(dev), mem("y", i2).to(dev)
             rows, ys, w = torch.cat([x, x2, mem("x", i1).to(dev)]), torch.cat([y, y2]), self.ce_weights(b, len(y2))
             ts = torch.cat([t, mem("task", i2).to(dev)]) if self.ctx.scenario == "task" else t  # read only there
-        out, acts = self._chain.forward(rows)
+        out, acts = chain.forward(rows)
         self.step_logits = out[:b]
         m = len(ys)
         with torch.no_grad():
@@ -100,7 +93,7 @@ class DERPP(MemoryLearner):
                 loss += p.alpha / len(diff) * torch.dot(diff, diff)
                 torch.mul(diff.view(-1, out.shape[1]), 2 * p.alpha / len(diff), out=delta[m:])
         self.check_loss(loss)
-        self._chain.backward(acts, delta)
+        chain.backward(acts, delta)
         self.sgd_step()
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
