@@ -91,3 +91,15 @@ def test_distillation_delta_is_the_kl_and_its_gradient():
     value, grad = distillation_delta(new.detach(), old, 2.5)
     assert torch.allclose(value, kd.detach(), atol=1e-6)
     assert torch.allclose(grad, new.grad, atol=1e-7)
+
+
+def test_closed_form_with_momentum_goes_through_the_optimiser():
+    """With momentum the closed-form gradient is set as ``.grad`` and ``torch.optim.SGD``
+    steps (not the fused plain-SGD update): still the autograd run's parameters."""
+    tasks = class_stream(tasks=2, per_task=2, n=30)
+    models = [learner("er", num_classes=4, memory_size=40, momentum=0.9) for _ in range(2)]
+    models[1]._chain = False
+    for lrn in models:
+        train(lrn, tasks)
+    assert models[0].trainable()[0].grad is not None  # the .grad path ran
+    assert torch.allclose(flat_params(models[0]), flat_params(models[1]), rtol=1e-5, atol=1e-5)

@@ -78,7 +78,8 @@ class ReservoirMemory(Storage):
                 writes[j] = k + i  # a later sample for the same slot wins
         if not writes:
             return k, _EMPTY, _EMPTY
-        return k, torch.tensor(list(writes.values())), torch.tensor(list(writes.keys()))
+        src, slots = torch.tensor([list(writes.values()), list(writes.keys())])
+        return k, src, slots
 
     def add(self, rows: Batch, generator: torch.Generator) -> None:
         """Offer the rows once each, in order (Algorithm R, batched: module docstring)."""
@@ -96,7 +97,7 @@ class ReservoirMemory(Storage):
         if len(src):
             self._check(rows)
             for key, v in self._data.items():  # the rows at src go to the slots (one indexed copy)
-                v[slots] = rows[key][src].to(v.dtype)
+                v.index_copy_(0, slots, rows[key].index_select(0, src).to(v.dtype))
             self.past_revision += 1
 
     def extra_state(self) -> dict[str, Any]:

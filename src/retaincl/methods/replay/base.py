@@ -238,6 +238,19 @@ class NetworkLearner(Learner):
                     torch._foreach_add_(params, [q.grad for q in params], alpha=-group["lr"])
         self.opt._opt_called = True  # what opt.step() records for the lr scheduler's order check
 
+    def chain_sgd_step(self, chain: Chain, acts: list[torch.Tensor], delta: torch.Tensor) -> None:
+        """The SGD step from ``delta``, the loss's gradient at the logits of a
+        :class:`~retaincl.methods.replay.chain.Chain`: for plain SGD at one learning rate,
+        backward pass and update in one (:meth:`Chain.sgd_backward`, no ``.grad`` kept);
+        else ``.grad`` set and :meth:`sgd_step`."""
+        groups = self.opt.param_groups
+        if self._plain_sgd and all(g["lr"] == groups[0]["lr"] for g in groups):
+            chain.sgd_backward(acts, delta, groups[0]["lr"])
+            self.opt._opt_called = True  # what opt.step() records for the lr scheduler's order check
+            return
+        chain.backward(acts, delta)
+        self.sgd_step()
+
     def make_scheduler(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
         if self.params.lr_schedule == "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.params.epochs, 1))
@@ -255,8 +268,7 @@ class NetworkLearner(Learner):
             with torch.no_grad():
                 loss, delta = loss_and_delta(out)
             self.check_loss(loss)
-            chain.backward(acts, widen(delta, out.shape[1]))
-            self.sgd_step()
+            self.chain_sgd_step(chain, acts, widen(delta, out.shape[1]))
             return
         loss = self.loss(x, y, t)
         self.check_loss(loss)

@@ -12,6 +12,11 @@ that the autograd engine's per-node work costs more than the products (a DER++ s
 about 490 against 310 microseconds measured), which is why this is written out here
 rather than left to ``loss.backward()``. The same gradients up to float rounding
 (``tests/test_replay_chain.py`` checks them against autograd).
+
+Users: ``NetworkLearner.train_step`` for a loss written also in closed form
+(``chain_loss``: finetune_net, joint_net, ER, LwF), DER++'s and GEM's own steps, and
+A-GEM, which takes the batch's and the reference batch's gradients from one pass
+(:meth:`Chain.group_gradients`).
 """
 
 from __future__ import annotations
@@ -40,11 +45,10 @@ def weighted_cross_entropy(logits: torch.Tensor, y: torch.Tensor, w: torch.Tenso
     """``sum_i w_i CE(logits_i, y_i)`` and its gradient with respect to ``logits``:
     ``w_i (softmax(logits_i) - onehot(y_i))`` (logits masked to ``-1e9`` get 0)."""
     logp = torch.log_softmax(logits, 1)
-    picked = (torch.arange(len(y), device=y.device), y)
-    loss = -torch.dot(logp[picked], w)
-    delta = logp.exp_()
-    delta[picked] -= 1
-    return loss, delta.mul_(w[:, None])
+    col = y.unsqueeze(1)
+    loss = -torch.dot(logp.gather(1, col).squeeze(1), w)
+    delta = logp.exp_().scatter_add_(1, col, torch.full_like(col, -1, dtype=logp.dtype))
+    return loss, delta.mul_(w.unsqueeze(1))
 
 
 def widen(delta: torch.Tensor, width: int) -> torch.Tensor:
@@ -81,6 +85,18 @@ class Chain:
             m.weight.grad, m.bias.grad = delta.T @ a, delta.sum(0)
             if i:
                 delta = (delta @ m.weight).mul_(a > 0)
+
+    @torch.no_grad()
+    def sgd_backward(self, acts: list[torch.Tensor], delta: torch.Tensor, lr: float) -> None:
+        """:meth:`backward` and the plain SGD step ``p -= lr * grad`` in one pass, without
+        keeping the gradients: ``W -= lr delta^T a`` as one ``addmm_`` per layer, after
+        ``delta`` has gone through ``W`` (the same update up to float rounding)."""
+        for i in range(len(self.layers) - 1, -1, -1):
+            m, a = self.layers[i], acts[i]
+            below = (delta @ m.weight).mul_(a > 0) if i else None
+            m.weight.addmm_(delta.T, a, alpha=-lr)
+            m.bias.add_(delta.sum(0), alpha=-lr)
+            delta = below
 
     @torch.no_grad()
     def group_gradients(

@@ -93,8 +93,7 @@ class DERPP(MemoryLearner):
                 loss += p.alpha / len(diff) * torch.dot(diff, diff)
                 torch.mul(diff.view(-1, out.shape[1]), 2 * p.alpha / len(diff), out=delta[m:])
         self.check_loss(loss)
-        chain.backward(acts, delta)
-        self.sgd_step()
+        self.chain_sgd_step(chain, acts, delta)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         n = self.params.replay_batch_size or self.params.batch_size

@@ -57,8 +57,14 @@ class ER(MemoryLearner):
 
     def with_replay(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The batch concatenated with a replay batch (Alg. 1's ``B ∪ B_M``; the batch alone
-        while the memory is empty)."""
-        m = self.replay()
-        if m:
-            x, y, t = torch.cat([x, m["x"]]), torch.cat([y, m["y"]]), torch.cat([t, m["task"]])
+        while the memory is empty): the draws of :meth:`replay`, only the fields the loss
+        reads gathered (the task ids only in task-incremental streams, where
+        :meth:`train_logits` reads them; elsewhere ``t`` stays the batch's)."""
+        idx = self.memory.sample_indices(self.params.replay_batch_size or self.params.batch_size, self.generator)
+        if idx is None:
+            return x, y, t
+        rows, dev = self.memory.rows, self.device
+        x, y = torch.cat([x, rows("x", idx).to(dev)]), torch.cat([y, rows("y", idx).to(dev)])
+        if self.ctx.scenario == "task":  # task ids are read only there (train_logits)
+            t = torch.cat([t, rows("task", idx).to(dev)])
         return x, y, t
