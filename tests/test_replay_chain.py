@@ -103,3 +103,18 @@ def test_closed_form_with_momentum_goes_through_the_optimiser():
         train(lrn, tasks)
     assert models[0].trainable()[0].grad is not None  # the .grad path ran
     assert torch.allclose(flat_params(models[0]), flat_params(models[1]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["er", "lwf"])
+def test_closed_form_on_a_domain_stream(method):
+    """Domain-incremental: every task has the same classes (LwF distils all of them)."""
+    from replay_toys import task
+
+    tasks = [task(i, [0, 1, 2, 3], 0, n=30, seed=5) for i in range(3)]
+    extra = {"memory_size": 40} if method == "er" else {}
+    models = [learner(method, num_classes=4, scenario="domain", **extra) for _ in range(2)]
+    models[1]._chain = False
+    for lrn in models:
+        train(lrn, tasks)
+    assert models[0].chain() is not None
+    assert torch.allclose(flat_params(models[0]), flat_params(models[1]), rtol=1e-5, atol=1e-5)
