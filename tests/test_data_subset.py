@@ -114,3 +114,20 @@ def test_old_run_folders_stay_valid_and_a_set_subset_is_another_config():
     assert same_config("0123456789abcdef", stored, config_hash(now, "simplecil"), hashed)
     sub = load_config(None, ["data.train_per_class=5"])
     assert not same_config("0123456789abcdef", stored, config_hash(sub, "simplecil"), hashed_config(sub, "simplecil"))
+
+
+def test_the_dinov2_subset_config_runs_every_method_with_30_steps_per_task():
+    import math
+    from pathlib import Path
+
+    from retaincl.config import method_params
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "dinov2_vit_methods_mnist5k.yaml")
+    assert (cfg.data.train_per_class, cfg.data.test_per_class, cfg.backbone.name) == (40, 20, "dinov2_small_offline")
+    through_vit = ["aper_adapter", "aper_ssf", "aper_vpt_shallow", "aper_vpt_deep", "aper_finetune", "ranpac_petl",
+                   "slca", "vpt", "l2p", "dualprompt", "codaprompt", "dap", "esn", "lae", "coma", "cofima", "ease"]
+    assert set(through_vit + ["simplecil", "fecam", "ranpac", "joint"]) <= set(cfg.method_names)
+    per_task = cfg.data.train_per_class * cfg.scenario.increment  # 80 images per task
+    for name in through_vit:
+        p = method_params(name, cfg.methods.get(name))
+        assert math.ceil(per_task / p.batch_size) * p.epochs >= 30, name
