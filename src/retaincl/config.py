@@ -137,6 +137,15 @@ class DataConfig:
         "on load and listed in the results) instead of stopping with an error naming the first",
         default=False,
     )
+    train_per_class: int | None = doc(
+        "a subset: keep the first n training images of each class (of each class and domain for "
+        "domain sources), in the source's order, the same for every seed; null = all",
+        default=None, ge=1,
+    )
+    test_per_class: int | None = doc(
+        "a subset: keep the first n test images of each class (and domain), as train_per_class; null = all",
+        default=None, ge=1,
+    )
 
 
 @dataclass

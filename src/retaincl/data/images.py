@@ -116,6 +116,20 @@ class ImageSet(Dataset):
         """A short hash that changes when the images or labels change."""
         raise NotImplementedError
 
+    def take(self, indices: np.ndarray) -> ImageSet:
+        """A new image set of the samples at ``indices`` (in that order), with its own
+        fingerprint (so cached features of the whole set are never read for it)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be subset")
+
+    def _taken(self, indices: np.ndarray, **arrays: Any) -> ImageSet:
+        out = type(self).__new__(type(self))
+        out.__dict__.update(vars(self))
+        out.targets = self.targets[indices]
+        out.domains = None if self.domains is None else np.asarray(self.domains)[indices]
+        out.__dict__.update(arrays)
+        out._fingerprint = None
+        return out
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.image(index), int(self.targets[index])
 
@@ -149,6 +163,10 @@ class ArrayImageSet(ImageSet):
     def images(self, indices: Sequence[int]) -> torch.Tensor:
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         return self._images[idx].float().div_(255.0)
+
+    def take(self, indices: np.ndarray) -> ArrayImageSet:
+        idx = np.asarray(indices, dtype=np.int64)
+        return self._taken(idx, _images=self._images[torch.as_tensor(idx)].contiguous())
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
@@ -207,6 +225,10 @@ class FolderImageSet(ImageSet):
             img = img.crop((left, top, left + s, top + s))
             arr = np.asarray(img, dtype=np.uint8)
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+
+    def take(self, indices: np.ndarray) -> FolderImageSet:
+        idx = np.asarray(indices, dtype=np.int64)
+        return self._taken(idx, paths=[self.paths[int(i)] for i in idx])
 
     def fingerprint(self) -> str:
         """A hash of every file's bytes (with the labels, the order and the image size), not

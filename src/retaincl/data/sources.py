@@ -19,6 +19,11 @@ image is decoded once on load and the unreadable ones are left out and listed in
 ``SourceData.skipped_images`` (and the results). Names starting with a dot
 (``.ipynb_checkpoints``, ``._x.jpg``) are neither classes nor images.
 
+A subset (``data.train_per_class``, ``data.test_per_class``; null = all) keeps the first n
+images of each class (of each class and domain for domain sources) of each split, in the
+source's order: no randomness, so every seed and method sees the same images. n larger
+than a class holds is an error naming the key and the limit.
+
 Class names (what text encoders such as CLIP read): the digit words ``zero`` ..
 ``nine`` for mnist5k and digits; torchvision's names for cifar100; the folder names for
 folders, mapped through a JSON file ``{"<folder>": "<name>"}`` when ``data.class_names``
@@ -35,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retaincl.config import DataConfig
+from retaincl.config import ConfigError, DataConfig
 from retaincl.data.images import (
     SKIP_HINT,
     ArrayImageSet,
@@ -326,6 +331,39 @@ def domain_folder(cfg: DataConfig) -> SourceData:
     return SourceData(f"domain_folder:{root.name}", splits["train"], splits["test"], readable_names(cfg, root, names), skipped)
 
 
+def first_per_class(images: ImageSet, n: int, key: str) -> np.ndarray:
+    """Indices of the first ``n`` samples of each class (of each class and domain when the
+    set has domain labels), in the set's own order: no randomness, so every seed and every
+    method sees the same images. ``key`` names the config key in the error when a class
+    has fewer than ``n``."""
+    groups = images.targets if images.domains is None else np.stack([np.asarray(images.domains), images.targets], 1)
+    keys, inverse = np.unique(groups, axis=0, return_inverse=True) if groups.ndim == 2 else np.unique(groups, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    keep = []
+    for g in range(len(keys)):
+        idx = np.flatnonzero(inverse == g)
+        if len(idx) < n:
+            where = f"class {int(keys[g][1])} of domain {int(keys[g][0])}" if groups.ndim == 2 else f"class {int(keys[g])}"
+            raise ConfigError(
+                f"data.{key}={n} exceeds the {len(idx)} {images.split} images of {where} in {images.name}; "
+                f"use at most {len(idx)}, or null for all"
+            )
+        keep.append(idx[:n])
+    return np.sort(np.concatenate(keep))
+
+
+def take_per_class(source: SourceData, cfg: DataConfig) -> SourceData:
+    """``source`` reduced to ``data.train_per_class`` / ``data.test_per_class`` images of each
+    class (:func:`first_per_class`); unchanged when both are null."""
+    for split, n in (("train", cfg.train_per_class), ("test", cfg.test_per_class)):
+        if n is not None:
+            images = getattr(source, split)
+            subset = images.take(first_per_class(images, n, f"{split}_per_class"))
+            subset.domain_names = images.domain_names
+            setattr(source, split, subset)
+    return source
+
+
 def load_source(cfg: DataConfig) -> SourceData:
-    """Build the data source named by ``cfg.source``."""
-    return DATA_SOURCES.get(cfg.source)(cfg)
+    """Build the data source named by ``cfg.source`` (and take the per-class subset, if any)."""
+    return take_per_class(DATA_SOURCES.get(cfg.source)(cfg), cfg)
