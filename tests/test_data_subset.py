@@ -116,6 +116,22 @@ def test_old_run_folders_stay_valid_and_a_set_subset_is_another_config():
     assert not same_config("0123456789abcdef", stored, config_hash(sub, "simplecil"), hashed_config(sub, "simplecil"))
 
 
+def test_the_subset_keys_at_their_default_leave_the_config_hash_as_before_they_existed():
+    """A hash computed without the two keys (as before they existed) equals today's while
+    they are null; a set subset changes it."""
+    import hashlib
+    import json
+
+    now = ExperimentConfig()
+    tree = hashed_config(now, "ranpac")
+    assert "train_per_class" not in tree["data"] and "test_per_class" not in tree["data"]
+    before = hashlib.sha256(json.dumps([tree, "ranpac"], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert config_hash(now, "ranpac") == before
+    sub = load_config(None, ["data.test_per_class=5"])
+    assert hashed_config(sub, "ranpac")["data"]["test_per_class"] == 5
+    assert config_hash(sub, "ranpac") != before
+
+
 def test_the_dinov2_subset_config_runs_every_method_with_30_steps_per_task():
     import math
     from pathlib import Path

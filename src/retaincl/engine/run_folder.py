@@ -43,6 +43,9 @@ def hashed_config(cfg: ExperimentConfig, method: str) -> dict[str, Any]:
         tree.pop(key, None)
     if tree.get("precision") == "fp32":  # the default: hashes of runs from before the key stay valid
         tree.pop("precision")
+    for key in ("train_per_class", "test_per_class"):  # null (all data), the default: hashes stay as before
+        if tree.get("data", {}).get(key, 0) is None:
+            tree["data"].pop(key)
     tree["methods"] = {method: to_dict(method_params(method, cfg.methods.get(method)))}
     return tree
 
