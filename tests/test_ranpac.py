@@ -271,3 +271,19 @@ def test_resume_rebuilds_or_loads_the_statistics_bit_for_bit(saved):
         learner.fit(task)
         learner.end_task(task)
     assert torch.equal(a.weights, b.weights) and a.ridge_history == b.ridge_history
+
+
+def test_full_statistics_hold_no_sample_and_give_the_same_weights():
+    """``statistics: full`` keeps only G and C (M x M), as the paper: no feature is held,
+    and the weights equal the default kernel form's."""
+    rng = np.random.default_rng(5)
+    feats = torch.tensor(rng.normal(size=(60, 5)) + np.repeat(np.eye(3, 5) * 3, 20, 0), dtype=torch.float32)
+    labels = torch.tensor(np.repeat([0, 1, 2], 20))
+    learners = {}
+    for form in ("auto", "full"):
+        learner = RanPAC(RanPACParams(projection_dim=200, ridge=0.5, statistics=form), fake_context(feats, 3))
+        learn_tasks(learner, labels, [[0], [1, 2]])
+        learners[form] = learner
+    assert learners["auto"].stats.form == "kernel" and learners["full"].stats.form == "full"
+    assert learners["full"].stats.inputs is None and learners["full"].stats.nbytes() == 8 * (200 * 200 + 200 * 3)
+    np.testing.assert_allclose(learners["full"].weights.numpy(), learners["auto"].weights.numpy(), rtol=1e-4, atol=1e-6)

@@ -6,7 +6,10 @@ With frozen features ``f(x)`` (D-dim):
 - a fixed Gaussian random projection ``W_rand`` (D x M, entries N(0, 1)) and a ReLU:
   ``h(x) = relu(f(x) W_rand)`` (Sec. 4.2, eq. 8);
 - the Gram matrix ``G = sum h h^T`` and the class matrix ``C = sum h y^T`` (``y`` one-hot)
-  accumulated over every task (eq. 3-4), so no sample is kept;
+  accumulated over every task (eq. 3-4): no sample is trained on again (the paper keeps
+  only G and C; here, by default, the same G and C are held in kernel form over the seen
+  samples' backbone features while that is smaller, see below; ``statistics: full`` keeps
+  only G and C);
 - the ridge classifier ``W_o = (G + lambda I)^-1 C`` and logits ``h(x) W_o`` (eq. 5).
 
 Choosing lambda (:func:`choose_ridge`). As the official code (RanPAC/RanPAC, RanPAC.py,
@@ -49,6 +52,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import scipy.linalg
@@ -327,6 +331,12 @@ class RanPACParams:
     random_projection: bool = doc(
         "h = relu(f W_rand) (RanPAC); false = h = f, no projection nor ReLU (ablation)", default=True
     )
+    statistics: Literal["auto", "full"] = doc(
+        "auto: kernel form over the seen samples' backbone features while N <= M (exact; 8 N^2 bytes plus the "
+        "features, which are held but never trained on), then the full G; full: only G and C from the start, "
+        "as the paper and official code (8 M^2 bytes; no sample held)",
+        default="auto",
+    )
     checkpoint_statistics: bool = doc(
         "save G and C in each checkpoint (kernel form: 8 N^2 bytes and the N features; full form: 8 M^2); false = a resume rebuilds them, bit for bit, "
         "from the finished tasks' features",
@@ -370,7 +380,10 @@ class RanPAC(Learner):
 
     def new_statistics(self) -> RidgeStatistics:
         """Empty G and C over ``h = project(f)``; the stored inputs are the features ``f``."""
-        return RidgeStatistics(self.lifted_dim, self.ctx.num_classes, self.device, lift=self.project)
+        stats = RidgeStatistics(self.lifted_dim, self.ctx.num_classes, self.device, lift=self.project)
+        if self.params.statistics == "full":
+            stats.to_full()
+        return stats
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """``h(x) = relu(f(x) W_rand)`` (identity when projection_dim is 0)."""
