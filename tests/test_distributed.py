@@ -89,6 +89,18 @@ DRIVER = textwrap.dedent(
 )
 
 
+def run_settings(tmp_path: Path, out: str) -> dict:
+    """Where a run of the test writes, on one CPU thread."""
+    return {
+        "eval": {"batch_size": 100},
+        "cache": {"dir": str(tmp_path / f"cache-{out}")},
+        "output_dir": str(tmp_path / out),
+        "quiet": True,
+        "device": "cpu",
+        "threads": 1,
+    }
+
+
 PROMPT_METHODS = ["vpt", "l2p", "dualprompt", "codaprompt", "dap"]
 
 
@@ -106,12 +118,7 @@ def prompt_tree(tmp_path: Path, out: str) -> dict:
         "data": {"source": "digits"},
         "scenario": {"kind": "class", "base": 5, "increment": 5},
         "backbone": {"name": "vit_tiny_retain", "image_size": 16},
-        "eval": {"batch_size": 100},
-        "cache": {"dir": str(tmp_path / f"cache-{out}")},
-        "output_dir": str(tmp_path / out),
-        "quiet": True,
-        "device": "cpu",
-        "threads": 1,
+        **run_settings(tmp_path, out),
     }
 
 
@@ -126,12 +133,7 @@ def tree(tmp_path: Path, out: str) -> dict:
         "data": {"source": "digits"},
         "scenario": {"kind": "class", "base": 4, "increment": 3},
         "backbone": {"name": "mlp", "image_size": 8},
-        "eval": {"batch_size": 100},
-        "cache": {"dir": str(tmp_path / f"cache-{out}")},
-        "output_dir": str(tmp_path / out),
-        "quiet": True,
-        "device": "cpu",
-        "threads": 1,
+        **run_settings(tmp_path, out),
     }
 
 

@@ -68,7 +68,12 @@ def return_large_blocks_to_the_os(threshold: int | None = None) -> bool:
 
     if threshold is None:
         mb = os.environ.get("RETAINCL_MMAP_THRESHOLD_MB", "")
-        threshold = int(float(mb) * 2**20) if mb.strip() else MMAP_THRESHOLD
+        try:
+            threshold = int(float(mb) * 2**20) if mb.strip() else MMAP_THRESHOLD
+        except ValueError:
+            raise ConfigError(
+                f"RETAINCL_MMAP_THRESHOLD_MB={mb!r} is not a number of megabytes (e.g. 16; 0 keeps glibc's default)"
+            ) from None
     if sys.platform != "linux" or threshold <= 0:
         return False
     try:
