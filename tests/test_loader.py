@@ -85,3 +85,28 @@ def test_loader_keys_and_fp32_are_left_out_of_the_config_hash(tmp_path):
     assert config_hash(config_from_dict(base | {"loader": {"workers": 3, "decode_once": False}}), "simplecil") == h
     assert config_hash(config_from_dict(base | {"precision": "fp32"}), "simplecil") == h
     assert config_hash(config_from_dict(base | {"precision": "bf16"}), "simplecil") != h
+
+
+@pytest.mark.parametrize("name,size", [("efficientnet_lite0", 32), ("vit_tiny_retain", 16)])
+def test_cpu_extraction_feeds_the_backbone_pieces_and_gets_the_whole_batches_features(name, size):
+    """On a CPU a batch of ``eval.batch_size`` reaches the backbone in pieces of
+    CPU_FORWARD_ROWS to twice that many images (fast, small activations; a batch smaller
+    than that goes whole); the features are those of a forward pass over each whole batch
+    (BatchNorm and attention in eval mode see each image on its own), bit for bit."""
+    from retaincl.backbones import build_backbone
+    from retaincl.backbones.feature_cache import CPU_FORWARD_ROWS, FeatureStore
+
+    torch.manual_seed(0)
+    backbone = build_backbone(BackboneConfig(name=name, pretrained=False, image_size=size)).eval()
+    rows = CPU_FORWARD_ROWS
+    n = 2 * rows + 8
+    images = ArrayImageSet("a", "test", np.random.default_rng(3).integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+                           np.zeros(n))
+    seen = []
+    hook = backbone.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    feats = FeatureStore(backbone, torch.device("cpu"), None, n - 4, quiet=True)._extract(images, Identity())
+    hook.remove()
+    assert seen == [rows + 2, rows + 2, 4]  # the batches of n - 4 and 4; the first cut in two
+    with torch.no_grad():
+        whole = torch.cat([backbone(images.images(range(n - 4))), backbone(images.images(range(n - 4, n)))])
+    assert torch.equal(feats, whole)
