@@ -142,3 +142,25 @@ def test_unsupported_scenario_is_refused_before_running(make_digits_config):
             build_learner(session, "simplecil")
     finally:
         cls.supported_scenarios = old
+
+
+def test_a_finished_methods_learner_is_freed_before_the_next_is_built(make_digits_config):
+    """RanPAC's statistics hold its own bound ``project``: a reference cycle that would keep
+    its tensors (W_rand, K, the features) alive into the next method until the collector's
+    next full pass. The runner collects it before building the next learner."""
+    import gc
+    import weakref
+
+    from retaincl.engine.runner import build_learner
+    from retaincl.methods.ranpac import RanPAC
+
+    session = Session.create(make_digits_config(method="ranpac"))
+    gc.disable()  # no automatic pass may do the runner's work
+    try:
+        run_method(session, "ranpac", resume=False, progress=False)
+        alive = [weakref.ref(o) for o in gc.get_objects() if type(o) is RanPAC]
+        assert alive  # the cycle outlived run_method
+        build_learner(session, "simplecil")
+        assert all(ref() is None for ref in alive)
+    finally:
+        gc.enable()

@@ -12,6 +12,7 @@ grow task by task beside it.
 from __future__ import annotations
 
 import copy
+import gc
 import logging
 import tempfile
 import time
@@ -218,6 +219,10 @@ def build_learner(session: Session, method: str) -> Learner:
     params = method_params(method, session.cfg.methods.get(method))
     kind = session.stream.kind
     check_method(cls, method, params, session.stream)
+    # the previous method's learner is usually in a reference cycle (its statistics or
+    # hooks hold its own bound methods) and would live on, with its tensors, until the
+    # collector's next full pass: collect it before this one allocates
+    gc.collect()
     seed_everything(session.cfg.seed)
     backbone = session.backbone
     if not cls.frozen_backbone or getattr(params, "train_backbone", False):
