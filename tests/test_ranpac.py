@@ -54,7 +54,9 @@ def test_kernel_form_is_exact_on_rank_deficient_gram_at_tiny_ridge():
     for part in np.split(np.arange(120), 3):
         stats.add(torch.tensor(x[part]), torch.tensor(y[part]))
     assert stats.form == "kernel" and stats.order == 120
-    assert stats.nbytes() == 120 * 120 * 8 + 120 * 6 * 8 + 120 * 20 * 8  # K, Y, the (float64) inputs
+    # K as its lower block rows (40 x 40, 40 x 80, 40 x 120), Y, the (float64) inputs
+    assert stats.nbytes() == 40 * (40 + 80 + 120) * 8 + 120 * 6 * 8 + 120 * 20 * 8
+    np.testing.assert_allclose(stats.kernel().numpy(), h @ h.T, rtol=1e-12, atol=1e-12 * np.abs(h @ h.T).max())
     g = h.T @ h
     assert np.linalg.norm(g, 2) > 1e8  # eps * ||G|| >> 1e-8: the full system is singular in float64
     for lam in (1e-8, 1e-2, 1e3, 1e8):
@@ -251,7 +253,7 @@ def test_resume_rebuilds_or_loads_the_statistics_bit_for_bit(saved):
     learn_tasks(a, labels, [[0], [1]])
     buf = io.BytesIO()
     torch.save(a.state_dict(), buf)
-    assert (buf.tell() > 60 * 60 * 8) == saved  # the kernel (N x N float64, N = 60) only when saved
+    assert (buf.tell() > 8 * (30 * 30 + 30 * 60)) == saved  # K's block rows (float64, 2 tasks of 30) only when saved
     b = RanPAC(params, fake_context(feats, 3))
     b.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
     if not saved:

@@ -122,14 +122,23 @@ def solve_psd(a: torch.Tensor, b: torch.Tensor, lam: float, singular: bool = Fal
     directions would be inverted as ``1 / (round-off + lam)``, so the eigendecomposition
     of ``A`` is used: eigenvalues within ``n * eps * ||A||`` of zero are round-off of a null
     direction, where ``B`` has no component, and are dropped; the rest are inverted as
-    ``1 / (s + lam)``.
+    ``1 / (s + lam)``. ``A`` is left as it was (:func:`solve_psd_built` builds it instead).
     """
+    return solve_psd_built(a.clone, b, lam, singular)
+
+
+def solve_psd_built(
+    build: Callable[[], torch.Tensor], b: torch.Tensor, lam: float, singular: bool = False
+) -> torch.Tensor:
+    """:func:`solve_psd` of the matrix ``build()`` returns, a fresh buffer each call that is
+    factored in place: one n x n matrix at a time (built again only if Cholesky fails)."""
+    a = build()
     n = a.shape[0]
     if not singular or lam > n * EPS64 * float(a.diagonal().sum()):
-        # one n x n buffer besides A: A + lam I, factored in place in column-major order
-        # (the transposed view of a symmetric matrix), solved by LAPACK potrs through scipy
-        # on the CPU, which reads that buffer without the copy torch.cholesky_solve makes
-        chol = a.clone().mT
+        # A + lam I factored in place in column-major order (the transposed view of a
+        # symmetric matrix), solved by LAPACK potrs through scipy on the CPU, which reads
+        # that buffer without the copy torch.cholesky_solve makes
+        chol = a.mT
         chol.diagonal().add_(lam)
         info = torch.empty((), dtype=torch.int32, device=a.device)
         torch.linalg.cholesky_ex(chol, out=(chol, info))
@@ -137,8 +146,10 @@ def solve_psd(a: torch.Tensor, b: torch.Tensor, lam: float, singular: bool = Fal
             if chol.device.type == "cpu":
                 return torch.from_numpy(scipy.linalg.cho_solve((chol.numpy(), True), b.numpy(), check_finite=False))
             return torch.cholesky_solve(b, chol)
-        del chol
+        del a, chol
+        a = build()
     s, v = torch.linalg.eigh(a)
+    del a
     keep = s > n * EPS64 * float(s.abs().max())
     v = v[:, keep]
     return v @ ((v.T @ b) / (s[keep] + lam).unsqueeze(1))
@@ -152,12 +163,15 @@ class RidgeStatistics:
     no ``M``-sized copy of the samples is ever kept.
 
     Kernel form (while the number of samples seen ``N`` is at most ``M``): the inputs,
-    the one-hot targets ``Y`` (N x C) and the kernel ``K = H H^T`` (N x N), grown by one
-    block row per task from the new samples' ``h`` against the earlier ones' (lifted again,
-    a chunk at a time). By the push-through identity
-    ``(G + lambda I)^-1 C = H^T (K + lambda I)^-1 Y`` for every lambda > 0, and ``H^T``
-    is applied by lifting the inputs again, a chunk at a time. Storage is ``8 N^2`` bytes
-    plus the inputs; no ``M x N`` matrix exists, even transiently.
+    the one-hot targets ``Y`` (N x C) and the kernel ``K = H H^T`` (N x N) as its lower
+    block rows, one per :meth:`add` (the new samples' ``h`` against the earlier ones',
+    lifted again a chunk at a time, and against themselves); the upper part is their
+    transpose. By the push-through identity
+    ``(G + lambda I)^-1 C = H^T (K + lambda I)^-1 Y`` for every lambda > 0: :meth:`solve`
+    builds ``K + lambda I`` in the one N x N buffer that is factored in place, and
+    applies ``H^T`` by lifting the inputs again, a chunk at a time. Storage is about
+    ``4 N^2`` bytes plus the inputs (``8 N^2`` while solving); no ``M x N`` matrix
+    exists, even transiently.
 
     Full form (``inputs is None``, once ``N`` would pass ``M``): ``core = G`` (M x M) and
     ``coords = C``, as the official code; under torchrun each rank adds its share of the
@@ -173,7 +187,7 @@ class RidgeStatistics:
         num_classes: int,
         device: torch.device,
         lift: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        chunk_rows: int = 1024,
+        chunk_rows: int = 256,
     ) -> None:
         self.dim = dim
         self.num_classes = num_classes
@@ -183,7 +197,7 @@ class RidgeStatistics:
         self.samples = 0
         self.inputs: list[torch.Tensor] | None = []
         self.targets = torch.zeros(0, num_classes, dtype=torch.float64, device=device)
-        self.kernel = torch.zeros(0, 0, dtype=torch.float64, device=device)
+        self.blocks: list[torch.Tensor] | None = []  # K's block rows: block t = K[rows of t, : last row of t]
         self.core: torch.Tensor | None = None
         self.coords: torch.Tensor | None = None
 
@@ -194,7 +208,7 @@ class RidgeStatistics:
     @property
     def order(self) -> int:
         """The order of the stored matrix: ``N`` (kernel form) or ``M`` (full form)."""
-        return self.dim if self.inputs is None else int(self.kernel.shape[0])
+        return self.dim if self.blocks is None else sum(int(b.shape[0]) for b in self.blocks)
 
     def _lifted(self, x: torch.Tensor) -> torch.Tensor:
         h = x if self.lift is None else self.lift(x)
@@ -222,14 +236,11 @@ class RidgeStatistics:
             return
         h = self._lifted(x) if lifted is None else lifted.to(self.device, torch.float64)
         old = self.order
-        kernel = torch.empty(old + n, old + n, dtype=torch.float64, device=self.device)
-        kernel[:old, :old] = self.kernel
-        self.kernel = None  # free the old kernel before the new block is filled
+        block = torch.empty(n, old + n, dtype=torch.float64, device=self.device)
         for row, hb in self._chunks():
-            kernel[row : row + hb.shape[0], old:] = hb @ h.T
-        kernel[old:, :old] = kernel[:old, old:].T
-        kernel[old:, old:] = h @ h.T
-        self.kernel = kernel
+            block[:, row : row + hb.shape[0]] = (hb @ h.T).T
+        block[:, old:] = h @ h.T
+        self.blocks.append(block)
         self.inputs.append(x.detach().to(self.device).clone())
         self.targets = torch.cat([self.targets, y])
 
@@ -252,7 +263,19 @@ class RidgeStatistics:
             core.addmm_(hb.T, hb)
             coords.addmm_(hb.T, self.targets[row : row + hb.shape[0]])
         self.core, self.coords = core, coords
-        self.inputs, self.kernel, self.targets = None, None, None
+        self.inputs, self.blocks, self.targets = None, None, None
+
+    def kernel(self) -> torch.Tensor:
+        """``K = H H^T`` (N x N) from its block rows, a new buffer each call."""
+        n = self.order
+        k = torch.empty(n, n, dtype=torch.float64, device=self.device)
+        top = 0
+        for block in self.blocks or []:
+            end = top + block.shape[0]
+            k[top:end, :end] = block
+            k[:top, top:end] = block[:, :top].T
+            top = end
+        return k
 
     def _apply_transpose(self, a: torch.Tensor) -> torch.Tensor:
         """``H^T a`` (M x k) for ``a`` (N x k), lifting the inputs a chunk at a time."""
@@ -267,7 +290,7 @@ class RidgeStatistics:
             return solve_psd(self.core, self.coords, lam, singular=True)
         if not self.order:
             return self.targets.new_zeros(self.dim, self.num_classes)
-        return self._apply_transpose(solve_psd(self.kernel, self.targets, lam, singular=True))
+        return self._apply_transpose(solve_psd_built(self.kernel, self.targets, lam, singular=True))
 
     def gram(self) -> torch.Tensor:
         """``G`` (M x M), for tests and inspection."""
@@ -287,7 +310,7 @@ class RidgeStatistics:
         if self.inputs is None:
             tensors = [self.core, self.coords]
         else:
-            tensors = [self.kernel, self.targets, *self.inputs]
+            tensors = [*self.blocks, self.targets, *self.inputs]
         return int(sum(t.numel() * t.element_size() for t in tensors))
 
     def state(self) -> dict:
@@ -295,17 +318,20 @@ class RidgeStatistics:
         replaced, never modified in place; the full G is updated in place, so it is copied)."""
         if self.inputs is None:
             return {"form": "full", "core": self.core.clone(), "coords": self.coords.clone(), "samples": self.samples}
-        return {"form": "kernel", "inputs": list(self.inputs), "targets": self.targets, "kernel": self.kernel,
-                "samples": self.samples}
+        return {"form": "kernel", "inputs": list(self.inputs), "targets": self.targets,
+                "kernel_blocks": list(self.blocks), "samples": self.samples}
 
     def load(self, state: dict, device: torch.device) -> None:
         self.samples = int(state["samples"])
         if state["form"] == "full":
-            self.inputs, self.kernel, self.targets = None, None, None
+            self.inputs, self.blocks, self.targets = None, None, None
             self.core, self.coords = state["core"].to(device), state["coords"].to(device)
         else:
             self.inputs = [x.to(device) for x in state["inputs"]]
-            self.targets, self.kernel = state["targets"].to(device), state["kernel"].to(device)
+            self.targets = state["targets"].to(device)
+            # a checkpoint written before the block rows holds the whole K: one block row
+            blocks = state["kernel_blocks"] if "kernel_blocks" in state else [state["kernel"]]
+            self.blocks = [b.to(device) for b in blocks]
             self.core, self.coords = None, None
 
 
@@ -415,6 +441,7 @@ class RanPAC(Learner):
         else:
             self.ridge = self.params.ridge
         self.ridge_history.append(self.ridge)
+        del h, y  # the task's lifted rows (n x M) are not needed by the solve
         self.weights = self.stats.solve(self.ridge).float()
 
     def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
