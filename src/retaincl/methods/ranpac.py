@@ -34,10 +34,10 @@ number of samples seen ``N`` is at most ``M`` the statistics are kept in kernel 
 (:class:`RidgeStatistics`): the features ``f`` of every sample seen, the one-hot targets
 ``Y`` and ``K = H H^T`` (N x N); by the push-through identity
 ``(G + lambda I)^-1 C = H^T (K + lambda I)^-1 Y`` for every lambda > 0, with ``H`` lifted
-again from ``f`` a chunk at a time, so no M x N matrix is kept (issue 17.3: 8 N^2 bytes
-instead of an M x N basis). ``K + lambda I`` is solved by Cholesky while lambda dominates
-the round-off of K's null directions and by K's eigendecomposition on its range otherwise
-(:func:`solve_psd`). (Solving the full M x M system at lambda = 1e-8 by Cholesky or LU is
+again from ``f`` a chunk at a time, so no M x N matrix is kept (issue 17.3: K as its lower
+block rows, about 4 N^2 bytes, instead of an M x N basis). ``K + lambda I`` is solved by
+Cholesky while lambda dominates the round-off of K's null directions and by K's
+eigendecomposition on its range otherwise (:func:`solve_psd`). (Solving the full M x M system at lambda = 1e-8 by Cholesky or LU is
 not well posed: ``G``'s null space gives eigenvalues of size eps * ||G|| >> 1e-8, Cholesky
 fails, and LU returns garbage; the official float32 code never meets this because its
 search never picks tiny lambdas.) Past ``N = M`` the statistics switch to the full ``G``
@@ -358,13 +358,13 @@ class RanPACParams:
         "h = relu(f W_rand) (RanPAC); false = h = f, no projection nor ReLU (ablation)", default=True
     )
     statistics: Literal["auto", "full"] = doc(
-        "auto: kernel form over the seen samples' backbone features while N <= M (exact; 8 N^2 bytes plus the "
+        "auto: kernel form over the seen samples' backbone features while N <= M (exact; about 4 N^2 bytes plus the "
         "features, which are held but never trained on), then the full G; full: only G and C from the start, "
         "as the paper and official code (8 M^2 bytes; no sample held)",
         default="auto",
     )
     checkpoint_statistics: bool = doc(
-        "save G and C in each checkpoint (kernel form: 8 N^2 bytes and the N features; full form: 8 M^2); false = a resume rebuilds them, bit for bit, "
+        "save G and C in each checkpoint (kernel form: about 4 N^2 bytes and the N features; full form: 8 M^2); false = a resume rebuilds them, bit for bit, "
         "from the finished tasks' features",
         default=False,
     )
