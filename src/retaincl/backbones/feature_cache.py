@@ -52,8 +52,8 @@ log = logging.getLogger(__name__)
 #: twice as many, a batch smaller than this goes whole). Measured on this project's
 #: backbones (``benchmarks/cpu_forward_rows.py``): against whole batches of 256, pieces of
 #: 16 made the default benchmark's EfficientNet-Lite0 extraction about 3x faster and its
-#: transient memory about 4x smaller (a batch of 256 at 64 px has 100 MB activations, each
-#: a fresh mmap and page faults); the ViTs and CLIP were as fast or faster.
+#: transient memory 20x smaller (a batch of 256 at 64 px has 100 MB activations, each a
+#: fresh mmap and page faults); the ViTs took 3x less memory and no longer (docs/scale.md).
 CPU_FORWARD_ROWS = 16
 
 
