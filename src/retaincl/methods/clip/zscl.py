@@ -251,7 +251,7 @@ class ZSCL(Learner):
                 g["lr"] = warmup_cosine(step, p.lr, p.warmup_steps, total)
             if cursor >= len(labels):  # a new pass over the task (the official iterator restarts)
                 order, cursor = torch.randperm(len(labels), generator=self.generator), 0
-            idx = order[cursor : cursor + p.batch_size]
+            idx = self.local_batch(order[cursor : cursor + p.batch_size])  # this rank's rows under torchrun
             cursor += p.batch_size
             images = self.train_images(task.train, idx)
             y = torch.tensor([local[int(c)] for c in labels[idx]], device=self.device)
