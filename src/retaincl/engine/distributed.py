@@ -164,6 +164,15 @@ def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def sum_floats(value: float) -> float:
+    """``value`` summed over the ranks (float64); ``value`` itself in a single process."""
+    if not active():
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(t)
+    return float(t.item())
+
+
 def any_rank(flag: bool) -> bool:
     """True when ``flag`` is true on some rank (every rank gets the same answer)."""
     if not active():
@@ -394,9 +403,12 @@ class StepSync:
         self.reduced_steps += 1
 
 
-def shard_batch(owner: Any, idx: torch.Tensor) -> torch.Tensor:
+def shard_batch(owner: Any, idx: torch.Tensor, also: Sequence[nn.Module] = ()) -> torch.Tensor:
     """Rank ``r``'s rows ``idx[r::world_size]`` of a global training batch, and the gradient
     all-reduce of this step armed (:class:`StepSync`); ``idx`` itself in a single process.
+    The gradients summed are those of ``owner``'s trainable parameters
+    (:func:`trainable_parameters`) and of the modules ``also`` (modules a training
+    function holds that are not ``owner``'s attributes, such as a head it builds).
 
     A rank whose share is empty (a last batch with fewer rows than ranks) computes the
     loss of the batch's first row with weight 0, so that every rank runs the same steps."""
@@ -408,8 +420,19 @@ def shard_batch(owner: Any, idx: torch.Tensor) -> torch.Tensor:
     if len(rows) == 0:
         rows = torch.zeros(1, dtype=torch.int64)
     sync = step_sync(owner)
-    sync.arm(trainable_parameters(owner), share, idx, rows)
+    params = trainable_parameters(owner)
+    seen = {id(p) for p in params}
+    for module in also:
+        params += [p for p in module.parameters() if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for p in params)
+    sync.arm(params, share, idx, rows)
     return sync.local_idx
+
+
+def rows_of_rank(n: int) -> int:
+    """How many rows of an ``n``-row global batch this rank computes the loss of (its
+    real rows, 0 for an empty share): ``n`` in a single process."""
+    return len(range(rank(), n, world_size()))
 
 
 def step_sync(owner: Any) -> StepSync:

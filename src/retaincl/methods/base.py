@@ -173,7 +173,7 @@ class Learner:
         raw = split.images(np.asarray(positions, dtype=np.int64)).to(self.device)
         return self.ctx.backbone.augment(raw, self.generator)
 
-    def local_batch(self, idx: torch.Tensor) -> torch.Tensor:
+    def local_batch(self, idx: torch.Tensor, *also: nn.Module) -> torch.Tensor:
         """This process's rows of the global training batch ``idx``: all of it in a single
         process; under ``torchrun``, rows ``rank, rank + N, ...`` (DistributedSampler's
         interleaving), with the gradients of the learner's trainable parameters summed
@@ -182,8 +182,10 @@ class Learner:
         stays the global batch. A training loop opts in with one line,
         ``idx = self.local_batch(order[lo : lo + batch_size])``, where a step's only effect
         on the learned state is its gradient (no memory writes from the batch), with one
-        backward pass per step and ``check_finite`` on its loss (docs/scale.md)."""
-        return distributed.shard_batch(self, idx)
+        backward pass per step and ``check_finite`` on its loss (docs/scale.md). ``also``:
+        modules the step trains that are not attributes of the learner (a head local to a
+        training function); their gradients are summed too."""
+        return distributed.shard_batch(self, idx, also)
 
     def check_finite(self, loss: torch.Tensor, task_index: int, step: int) -> None:
         """Stop a diverged run: a NaN or infinite training loss raises

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -47,6 +48,7 @@ from retaincl.backbones.base import Backbone
 from retaincl.backbones.feature_cache import FeatureStore
 from retaincl.config import doc
 from retaincl.data.images import TaskSplit
+from retaincl.engine import distributed
 from retaincl.methods.linear import SGDParams, make_scheduler
 
 PETL_KINDS = ("adapter", "ssf", "vpt_shallow", "vpt_deep", "finetune")
@@ -143,10 +145,22 @@ def adapt_first_task(
     device: torch.device,
     progress=lambda it, desc: it,
     check_finite=lambda loss, step: None,
+    local_batch: Callable[[torch.Tensor, nn.Module], torch.Tensor] | None = None,
+    images: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[float]:
     """Train ``backbone``'s adapted parameters with a cosine head on ``split`` (labels
-    ``0..num_classes-1``), then freeze it. Returns the mean loss of each epoch.
-    ``check_finite(loss, step)`` is called on every step's loss (the learner's divergence check)."""
+    ``0..num_classes-1``), then freeze it. Returns the mean loss of each epoch (over the
+    whole task, every rank's rows under torchrun).
+    ``check_finite(loss, step)`` is called on every step's loss (the learner's divergence check).
+    ``local_batch(idx, head)`` gives this rank's rows of a global batch and arms the
+    gradient all-reduce of the adapted parameters and the head (the learner's
+    :meth:`~retaincl.methods.base.Learner.local_batch`; all rows by default);
+    ``images(idx)`` the augmented training images of those rows (the learner's
+    ``train_images``, which augments the global batch in a sharded step)."""
+    if local_batch is None:
+        local_batch = lambda idx, head: idx  # noqa: E731
+    if images is None:
+        images = lambda idx: backbone.augment(split.images(idx.numpy()).to(device), generator)  # noqa: E731
     params = trainable_parameters(backbone, petl)
     head = CosineHead(backbone.feature_dim, num_classes, generator).to(device)
     opt = torch.optim.SGD(
@@ -165,17 +179,18 @@ def adapt_first_task(
         order = torch.randperm(n, generator=generator)
         total = 0.0
         for lo in range(0, n, p.batch_size):
-            idx = order[lo : lo + p.batch_size]
-            logits = head(backbone(backbone.augment(split.images(idx.numpy()).to(device), generator)))
+            batch = order[lo : lo + p.batch_size]
+            idx = local_batch(batch, head)  # this rank's rows under torchrun
+            logits = head(backbone(images(idx)))
             loss = F.cross_entropy(logits, labels[idx].to(device))
             check_finite(loss, step)
             step += 1
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item() * len(idx)
+            total += loss.item() * distributed.rows_of_rank(len(batch))
         sched.step()
-        history.append(total / n)
+        history.append(distributed.sum_floats(total) / n)
     freeze(backbone)
     return history
 
@@ -235,6 +250,7 @@ class FirstSessionAdaptation:
         self.adapt_losses = adapt_first_task(
             self.backbone, task.train, self.seen_classes, self.petl, self.params, self.generator, self.device,
             self.progress, lambda loss, step: self.check_finite(loss, task.index, step),
+            local_batch=self.local_batch, images=lambda idx: self.train_images(task.train, idx),
         )
         self.adapted = True
 

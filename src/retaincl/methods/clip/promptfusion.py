@@ -234,7 +234,7 @@ class PromptFusion(Learner):
         for _ in self.progress(range(p.epochs), f"promptfusion task {task.index}"):
             order = torch.randperm(len(labels_all), generator=self.generator)
             for lo in range(0, len(order) - p.batch_size + 1, p.batch_size):  # drop_last
-                idx = order[lo : lo + p.batch_size]
+                idx = self.local_batch(order[lo : lo + p.batch_size])  # this rank's rows under torchrun
                 loss = self.loss(self.train_images(split, idx), labels_all[idx].to(self.device), task)
                 self.check_finite(loss, task.index, step)
                 opt.zero_grad(set_to_none=True)

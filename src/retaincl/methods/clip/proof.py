@@ -255,6 +255,8 @@ class PROOF(Learner):
         for _ in self.progress(range(p.epochs), f"proof task {task.index}"):
             order = torch.randperm(len(y), generator=self.generator).to(self.device)
             for lo in range(0, len(y), p.batch_size):
+                # whole batch on every rank under torchrun: L_clip is a softmax over the batch's
+                # pairs (and batch_mean_fusion averages over it), not a sum over rows (docs/scale.md)
                 idx = order[lo : lo + p.batch_size]
                 loss = self.loss(x[idx], y[idx], n)
                 self.check_finite(loss, task.index, step)

@@ -36,7 +36,9 @@ Choices: the reference text embeddings of the frozen initial model are computed 
 task (the official code recomputes the same frozen embeddings every iteration); the
 iteration count is the official ``epochs * batches + 1`` (``range(total_iterations + 1)``);
 ``teacher: previous`` (the last task's model, LwF-style) is an ablation of the
-distillation target.
+distillation target. Under ``torchrun`` each rank computes the cross-entropy of its rows
+of the task batch and the distillation of the whole reference batch; the gradients,
+summed weighted by each rank's share, are one process's (docs/scale.md).
 
 ``clip_finetune`` is the same training with neither mechanism: the paper's
 "Fine-tune" baseline, which shows the zero-shot degradation ZSCL prevents.
@@ -251,14 +253,14 @@ class ZSCL(Learner):
                 g["lr"] = warmup_cosine(step, p.lr, p.warmup_steps, total)
             if cursor >= len(labels):  # a new pass over the task (the official iterator restarts)
                 order, cursor = torch.randperm(len(labels), generator=self.generator), 0
-            idx = order[cursor : cursor + p.batch_size]
+            idx = self.local_batch(order[cursor : cursor + p.batch_size])  # this rank's rows under torchrun
             cursor += p.batch_size
             images = self.train_images(task.train, idx)
             y = torch.tensor([local[int(c)] for c in labels[idx]], device=self.device)
             emb = F.normalize(self.clip.encode_text(tokens, normalize=True).view(len(prompts), -1, self.clip.feature_dim).mean(1), dim=-1)
             logits = clip_logits(self.clip.encode_image(images), emb, self.model.logit_scale.exp())
             loss = F.cross_entropy(logits, y, label_smoothing=p.label_smoothing)
-            if distill:
+            if distill:  # the whole reference batch on every rank (its text-side term couples its rows)
                 if ref_cursor >= len(ref_images):
                     ref_order, ref_cursor = torch.randperm(len(ref_images), generator=self.generator), 0
                 ridx = ref_order[ref_cursor : ref_cursor + p.batch_size]

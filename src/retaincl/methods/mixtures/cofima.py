@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 from retaincl.config import ConfigError, doc
 from retaincl.data.scenarios import Task
+from retaincl.engine import distributed
 from retaincl.methods.base import LearnerContext
 from retaincl.methods.slca import SLCA, SLCAParams
 from retaincl.registry import register_method
@@ -158,16 +159,21 @@ class CoFiMA(CoMA):
         n = len(labels)
         order = torch.randperm(n, generator=self.generator)
         self.backbone.train()
+        trained = distributed.trainable_parameters(self)  # everything a backward pass writes .grad of
         batches = 0
         for lo in range(0, n, p.batch_size):
-            idx = order[lo : lo + p.batch_size]
+            idx = self.local_batch(order[lo : lo + p.batch_size])  # this rank's rows under torchrun
             logits = self.head(self.backbone(self.train_images(split, idx)))[:, : self.seen_classes]
             loss = F.cross_entropy(logits, labels[idx].to(self.device))
             self.check_finite(loss, task.index, batches)
-            grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-            for name, g in zip(params, grads, strict=True):
-                if g is not None:
-                    fisher[name] += g.detach().cpu() ** 2
+            for q in trained:
+                q.grad = None
+            loss.backward()  # under torchrun the grads are then the global batch's (summed across ranks)
+            for name, q in params.items():
+                if q.grad is not None:
+                    fisher[name] += q.grad.detach().cpu() ** 2
             batches += 1
+        for q in trained:
+            q.grad = None
         self.backbone.eval()
         return {k: (v / max(batches, 1)).clamp(max=p.fisher_max) for k, v in fisher.items()}

@@ -253,7 +253,7 @@ class ESN(Learner):
             cand.train()
             order = torch.randperm(n, generator=self.generator)
             for lo in range(0, n, p.batch_size):
-                idx = order[lo : lo + p.batch_size]
+                idx = self.local_batch(order[lo : lo + p.batch_size])  # this rank's rows under torchrun
                 images = self.train_images(split, idx)
                 with torch.set_grad_enabled(with_prompts):
                     tokens = self.tokens(images)

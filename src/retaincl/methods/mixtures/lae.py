@@ -177,7 +177,7 @@ class LAE(Learner):
             self.backbone.train()
             order = torch.randperm(n, generator=self.generator)
             for lo in range(0, last, p.batch_size):
-                idx = order[lo : lo + p.batch_size]
+                idx = self.local_batch(order[lo : lo + p.batch_size])  # this rank's rows under torchrun
                 logits = self.logits(self.backbone(self.train_images(split, idx)))
                 loss = F.cross_entropy(logits[:, self.known_classes : self.seen_classes], labels[idx].to(self.device))
                 self.check_finite(loss, task.index, step)
