@@ -37,10 +37,10 @@ number of samples seen ``N`` is at most ``M`` the statistics are kept in kernel 
 again from ``f`` a chunk at a time, so no M x N matrix is kept (issue 17.3: K as its lower
 block rows, about 4 N^2 bytes, instead of an M x N basis). ``K + lambda I`` is solved by
 Cholesky while lambda dominates the round-off of K's null directions and by K's
-eigendecomposition on its range otherwise (:func:`solve_psd`). (Solving the full M x M system at lambda = 1e-8 by Cholesky or LU is
-not well posed: ``G``'s null space gives eigenvalues of size eps * ||G|| >> 1e-8, Cholesky
-fails, and LU returns garbage; the official float32 code never meets this because its
-search never picks tiny lambdas.) Past ``N = M`` the statistics switch to the full ``G``
+eigendecomposition on its range otherwise (:func:`solve_psd`). (Solving the full M x M
+system at lambda = 1e-8 by Cholesky or LU is not well posed: ``G``'s null space gives
+eigenvalues of size eps * ||G|| >> 1e-8, Cholesky fails, and LU returns garbage; the
+official float32 code never meets this because its search never picks tiny lambdas.) Past ``N = M`` the statistics switch to the full ``G``
 (M x M) and ``C``, solved the same way. The official code keeps ``G`` itself (RanPAC.py);
 the kernel form gives the same weights to round-off (tests/test_ranpac.py).
 
