@@ -40,9 +40,10 @@ Cholesky while lambda dominates the round-off of K's null directions and by K's
 eigendecomposition on its range otherwise (:func:`solve_psd`). (Solving the full M x M
 system at lambda = 1e-8 by Cholesky or LU is not well posed: ``G``'s null space gives
 eigenvalues of size eps * ||G|| >> 1e-8, Cholesky fails, and LU returns garbage; the
-official float32 code never meets this because its search never picks tiny lambdas.) Past ``N = M`` the statistics switch to the full ``G``
-(M x M) and ``C``, solved the same way. The official code keeps ``G`` itself (RanPAC.py);
-the kernel form gives the same weights to round-off (tests/test_ranpac.py).
+official float32 code never meets this because its search never picks tiny lambdas.)
+Past ``N = M`` the statistics switch to the full ``G`` (M x M) and ``C``, solved the same
+way. The official code keeps ``G`` itself (RanPAC.py); the kernel form gives the same
+weights to round-off (tests/test_ranpac.py).
 
 Phase 1 (PETL adaptation of a ViT on the first task) is ``ranpac_petl``
 (:mod:`retaincl.methods.ranpac_phase1`); here phase 2 runs alone, on any backbone.
