@@ -289,3 +289,19 @@ def test_full_statistics_hold_no_sample_and_give_the_same_weights():
     assert learners["auto"].stats.form == "kernel" and learners["full"].stats.form == "full"
     assert learners["full"].stats.inputs is None and learners["full"].stats.nbytes() == 8 * (200 * 200 + 200 * 3)
     np.testing.assert_allclose(learners["full"].weights.numpy(), learners["auto"].weights.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_a_failed_cholesky_falls_back_on_the_matrix_itself_not_its_factored_buffer():
+    """``A`` with a null direction that round-off made slightly negative: Cholesky of
+    ``A + lam I`` fails, and the eigen route must see ``A`` again (the buffer Cholesky
+    overwrote is garbage). Expected: the closed form on ``A``'s positive eigenvectors."""
+    rng = np.random.default_rng(7)
+    v, _ = np.linalg.qr(rng.normal(size=(20, 20)))
+    s = np.concatenate([rng.uniform(1.0, 5.0, 12), np.zeros(7), [-1e-9]])
+    a = (v * s) @ v.T
+    b = v[:, :12] @ rng.normal(size=(12, 3))  # in the range of the positive part
+    expected = v[:, :12] @ ((v[:, :12].T @ b) / (s[:12, None] + 1e-12))
+    at = torch.tensor(a)
+    got = solve_psd(at, torch.tensor(b), 1e-12, singular=False).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-8)
+    assert torch.equal(at, torch.tensor(a))  # A itself is left as it was
