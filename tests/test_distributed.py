@@ -188,6 +188,25 @@ def test_two_gloo_processes_give_the_single_process_accuracy_matrix(tmp_path):
     assert any((tmp_path / "cache-two").rglob("*.npy"))
 
 
+def assert_matrix_close(run: Path, method: str, expected: list, flips: int = 2) -> None:
+    """The 2-process run's correct counts equal one process's, up to ``flips`` samples per cell."""
+    got = json.loads((run / method / "results.json").read_text())["correct_matrix"]
+    for row_got, row_exp in zip(got, expected, strict=True):
+        for g, e in zip(row_got, row_exp, strict=True):
+            assert abs(g - e) <= flips, (method, got, expected)
+
+
+def assert_steps_split(ranks: list[dict], methods) -> None:
+    """Each method's steps were split, not repeated: the same steps and global rows on both
+    ranks, whose local rows add up to the global rows, about half each."""
+    r0, r1 = (r["by_method"] for r in ranks)
+    for method in methods:
+        assert method in r0 and method in r1, f"{method} never split a batch"
+        (local0, global0, steps0), (local1, global1, steps1) = r0[method], r1[method]
+        assert steps0 == steps1 > 0 and global0 == global1 and local0 + local1 == global0, method
+        assert abs(local0 - local1) <= steps0, method
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without torch.distributed")
 def test_prompt_methods_split_each_batch_across_two_gloo_processes(tmp_path):
@@ -198,15 +217,8 @@ def test_prompt_methods_split_each_batch_across_two_gloo_processes(tmp_path):
     expected = single_process(tmp_path, prompt_tree)
     run = next(out.iterdir())
     for method in PROMPT_METHODS:
-        got = json.loads((run / method / "results.json").read_text())["correct_matrix"]
-        for row_got, row_exp in zip(got, expected[method], strict=True):
-            for g, e in zip(row_got, row_exp, strict=True):
-                assert abs(g - e) <= 2, (method, got, expected[method])
-    r0, r1 = (r["by_method"] for r in ranks)
-    for method in PROMPT_METHODS:  # each method's steps were split, not repeated
-        (local0, global0, steps0), (local1, global1, steps1) = r0[method], r1[method]
-        assert steps0 == steps1 > 0 and global0 == global1 and local0 + local1 == global0, method
-        assert abs(local0 - local1) <= steps0, method
+        assert_matrix_close(run, method, expected[method])
+    assert_steps_split(ranks, PROMPT_METHODS)
 
 
 SUBSET = {"source": "digits", "train_per_class": 20, "test_per_class": 20}  # 2 tasks x 100 training images
@@ -311,20 +323,12 @@ def test_adaptation_mixtures_and_clip_methods_split_each_batch_across_two_gloo_p
     expected = single_process(tmp_path, make_tree)
     run = next(out.iterdir())
     for method in methods:
-        got = json.loads((run / method / "results.json").read_text())["correct_matrix"]
-        for row_got, row_exp in zip(got, expected[method], strict=True):
-            for g, e in zip(row_got, row_exp, strict=True):
-                assert abs(g - e) <= 2, (method, got, expected[method])
+        assert_matrix_close(run, method, expected[method])
         # the learned state too (a prototype method's accuracy may not move when its adapter does)
         skip, tolerance = STATE_SKIP.get(method, ("\0", 1e-4))
         deviation, where = state_deviation(run, next((tmp_path / "one").iterdir()), method, skip)
         assert deviation < tolerance, (method, where, deviation)
-    r0, r1 = (r["by_method"] for r in ranks)
-    for method in methods:  # each method's steps were split, not repeated
-        assert method in r0 and method in r1, f"{method} never split a batch"
-        (local0, global0, steps0), (local1, global1, steps1) = r0[method], r1[method]
-        assert steps0 == steps1 > 0 and global0 == global1 and local0 + local1 == global0, method
-        assert abs(local0 - local1) <= steps0, method
+    assert_steps_split(ranks, methods)
 
 
 def test_single_process_helpers_are_the_identity():
